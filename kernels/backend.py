@@ -1,0 +1,165 @@
+"""The one place that knows about NumPy versus CuPy.
+
+Kernels never import CuPy themselves: they ask :func:`array_module` for the
+module that owns their input and allocate with it, and ask :func:`fft` /
+:func:`signal` for the matching FFT and filtering namespaces (``scipy.fft``
+with worker threads on the host, ``cupy.fft`` on the device). Host<->device
+moves (:func:`to_device`, :func:`to_host`) happen at one boundary, in the
+per-track render, never inside a kernel.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+try:  # CuPy is optional (the `gpu` extra); import errors mean "CPU only".
+    import cupy as _cupy
+except Exception:  # pragma: no cover - depends on the machine
+    _cupy = None
+
+BACKENDS = ("cpu", "gpu")
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_available() -> bool:
+    """True when CuPy is importable and sees at least one CUDA device."""
+    if _cupy is None:
+        return False
+    try:
+        return _cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no driver, no device, broken install
+        return False
+
+
+def gpu_count() -> int:
+    """Number of CUDA devices CuPy sees (0 without CuPy or a GPU)."""
+    if not gpu_available():
+        return 0
+    return int(_cupy.cuda.runtime.getDeviceCount())
+
+
+def resolve(name: str = "auto") -> str:
+    """Turn ``"auto" | "cpu" | "gpu"`` into ``"cpu"`` or ``"gpu"``.
+
+    ``auto`` picks the GPU when one is usable. Asking for ``gpu`` on a machine
+    without one raises with a message that says how to fix it.
+    """
+    if name == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name == "gpu":
+        if not gpu_available():
+            raise RuntimeError(
+                "backend 'gpu' was requested but CuPy sees no CUDA device; "
+                "install the 'gpu' extra (pip install 'mastering-farm[gpu]') on a "
+                "machine with an NVIDIA GPU, or use backend 'cpu' / 'auto'"
+            )
+        return "gpu"
+    raise ValueError(f"backend must be one of 'auto', 'cpu', 'gpu', not {name!r}")
+
+
+def module_for(backend: str) -> ModuleType:
+    """The array module (numpy or cupy) for a resolved backend name."""
+    return _cupy if resolve(backend) == "gpu" else np
+
+
+def array_module(x) -> ModuleType:
+    """The array module that owns ``x`` (cupy for device arrays, else numpy)."""
+    if _cupy is not None and isinstance(x, _cupy.ndarray):
+        return _cupy
+    return np
+
+
+def is_device(x) -> bool:
+    return array_module(x) is not np
+
+
+def to_device(x, backend: str = "auto"):
+    """Move a host array to the backend's memory (a no-op for the CPU)."""
+    if resolve(backend) == "gpu":
+        return _cupy.asarray(x)
+    return np.asarray(x)
+
+
+def to_host(x) -> np.ndarray:
+    """Return ``x`` as a NumPy array (copies device arrays to the host)."""
+    if is_device(x):
+        return _cupy.asnumpy(x)
+    return np.asarray(x)
+
+
+def to_float(x) -> float:
+    """A Python float from a 0-d array on either backend (synchronises the GPU)."""
+    return float(to_host(x))
+
+
+@dataclass(frozen=True)
+class FFT:
+    """Real FFTs along the last axis on one backend.
+
+    ``rfft``/``irfft`` mirror ``scipy.fft``; on the host they run with
+    ``workers`` threads, on the device through cuFFT (CuPy keeps a plan cache,
+    so repeated shapes reuse their plans).
+    """
+
+    xp: ModuleType
+    workers: int
+
+    def rfft(self, x, n: int | None = None, axis: int = -1):
+        if self.xp is np:
+            import scipy.fft
+
+            return scipy.fft.rfft(x, n=n, axis=axis, workers=self.workers)
+        return self.xp.fft.rfft(x, n=n, axis=axis)
+
+    def irfft(self, x, n: int | None = None, axis: int = -1):
+        if self.xp is np:
+            import scipy.fft
+
+            return scipy.fft.irfft(x, n=n, axis=axis, workers=self.workers)
+        return self.xp.fft.irfft(x, n=n, axis=axis)
+
+    @staticmethod
+    def next_fast_len(n: int) -> int:
+        """Smallest FFT size >= n made of small primes (fast on FFTW-like and cuFFT)."""
+        import scipy.fft
+
+        return int(scipy.fft.next_fast_len(int(n), real=True))
+
+
+def cpu_workers() -> int:
+    """FFT worker threads on the host: ``FARM_FFT_WORKERS`` or the usable cores."""
+    env = os.environ.get("FARM_FFT_WORKERS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def fft(xp: ModuleType) -> FFT:
+    """The FFT namespace for an array module."""
+    return FFT(xp=xp, workers=cpu_workers() if xp is np else 1)
+
+
+def signal(xp: ModuleType) -> ModuleType:
+    """``scipy.signal`` on the host, ``cupyx.scipy.signal`` on the device."""
+    if xp is np:
+        import scipy.signal
+
+        return scipy.signal
+    import cupyx.scipy.signal  # explicit import: cupyx does not load it lazily
+
+    return cupyx.scipy.signal
+
+
+def synchronize(xp: ModuleType) -> None:
+    """Wait for queued device work (for timing); a no-op on the host."""
+    if xp is not np:
+        xp.cuda.get_current_stream().synchronize()

@@ -1,0 +1,73 @@
+"""Polyphase interpolation by an integer factor (2, 4, 8, 16) for true-peak work.
+
+The interpolation filter is a Kaiser-windowed sinc cut at the input's
+Nyquist frequency, designed in float64 on the host: passband to 0.45 fs,
+stopband from 0.55 fs at >= 80 dB (checked in the tests), half-length
+:data:`HALF_TAPS` input samples on each side whatever the factor. Its length
+is ``2 * factor * HALF_TAPS + 1`` so the group delay is a whole number of
+input samples: output sample ``factor * n`` *is* input sample ``n`` (a Nyquist
+filter), and the oversampled signal is time-aligned with the input.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import backend
+from .convolve import fftconvolve
+
+HALF_TAPS = 32  # input samples each side of the centre
+STOPBAND_DB = 90.0  # design target; >= 80 dB is what the meter needs
+
+
+@functools.lru_cache(maxsize=16)
+def design(factor: int) -> np.ndarray:
+    """The interpolation FIR for ``factor`` as float64 taps (DC gain = factor)."""
+    if factor not in (1, 2, 4, 8, 16):
+        raise ValueError(f"oversampling factor must be 1, 2, 4, 8 or 16, got {factor!r}")
+    if factor == 1:
+        return np.ones(1)
+    half = factor * HALF_TAPS
+    n = np.arange(-half, half + 1, dtype=np.float64)
+    beta = 0.1102 * (STOPBAND_DB - 8.7)  # Kaiser's formula for A > 50 dB
+    window = np.kaiser(2 * half + 1, beta)
+    taps = np.sinc(n / factor) * window  # cutoff fs_in/2; zeros at multiples of factor
+    taps *= factor / taps.sum()
+    # Exact Nyquist filter: phase 0 is a unit impulse, so input samples pass through.
+    taps[::factor] = 0.0
+    taps[half] = 1.0
+    return taps
+
+
+@functools.lru_cache(maxsize=16)
+def _bank(factor: int) -> np.ndarray:
+    """Polyphase bank, shape (factor, 2*HALF_TAPS + 1): phase p holds taps[p::factor]."""
+    taps = design(factor)
+    width = 2 * HALF_TAPS + 1
+    bank = np.zeros((factor, width))
+    for p in range(factor):
+        phase = taps[p::factor]
+        bank[p, :len(phase)] = phase
+    return bank
+
+
+def upsample(x, factor: int = 4):
+    """Interpolate ``x`` (..., N) to (..., N*factor) along the last axis.
+
+    Samples outside the signal are taken as zero (the true peak of a file
+    includes the ringing of its first and last samples). Output dtype is the
+    input's float dtype; ``out[..., factor*n] == x[..., n]``.
+    """
+    xp = backend.array_module(x)
+    x = xp.asarray(x)
+    if factor == 1:
+        return x
+    dtype = x.dtype if x.dtype in (xp.float32, xp.float64) else xp.float64
+    bank = xp.asarray(_bank(factor), dtype=dtype)
+    n = x.shape[-1]
+    # (..., 1, N) * (factor, 2H+1) -> (..., factor, N + 2H); phase p, input n lives at column n + H
+    phases = fftconvolve(x.astype(dtype, copy=False)[..., None, :], bank, mode="full")
+    phases = phases[..., HALF_TAPS:HALF_TAPS + n]
+    out = xp.swapaxes(phases, -1, -2).reshape(x.shape[:-1] + (n * factor,))
+    return out
