@@ -1,0 +1,100 @@
+"""The small records that travel between the client and the workers.
+
+A task carries paths and parameters, never audio: the worker reads its input
+and writes its output itself, and only a :class:`TrackResult` (measurements,
+verdict, reason, timings) comes back. Everything here is plain data that
+pickles cheaply and serialises to JSON for the report and the journal.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kernels.params import ChainParams
+
+# Metadata fields a catalog row may carry, in report order (normalised names).
+TAG_FIELDS = (
+    "title", "artist", "album", "album_artist", "date", "genre", "isrc",
+    "track_number", "disc_number", "composer", "label", "copyright",
+)
+
+OUTPUT_FORMATS = ("flac", "wav", "aiff")
+STATUS_OK, STATUS_FAILED = "ok", "failed"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How masters are written: container, bit depth and rate (``None`` = keep
+    the input's), and the file-name pattern (``str.format`` fields from
+    :data:`TAG_FIELDS` plus ``row`` and ``stem``; sanitised so it can never
+    leave the output folder)."""
+
+    format: str = "flac"
+    bit_depth: int | None = None
+    sample_rate: int | None = None
+    naming: str = "{track_number:02d} - {artist} - {title}"
+
+
+@dataclass(frozen=True)
+class DeliverySpec:
+    """What the delivered file must meet, checked on the re-decoded output."""
+
+    target_lufs: float | None = -14.0
+    tolerance_lu: float = 1.0
+    max_true_peak_dbtp: float = -1.0
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    """One validated catalog row."""
+
+    row: int  # 1-based data row in the catalog (header not counted), for messages
+    source: str  # absolute path of the input file
+    tags: dict[str, str] = field(default_factory=dict)  # keys from TAG_FIELDS, normalised
+    preset: str | None = None  # per-track preset override
+    target_lufs: float | None = None  # per-track loudness override
+
+
+@dataclass(frozen=True)
+class RenderTask:
+    """Everything a worker needs to master one track."""
+
+    track: TrackSpec
+    chain: ChainParams
+    output: OutputSpec
+    delivery: DeliverySpec
+    out_path: str  # final absolute path; written as a temporary name, then renamed
+    preset: str = ""
+    backend: str = "auto"  # "auto" | "cpu" | "gpu"
+    ir_search_dirs: tuple[str, ...] = ()  # where relative impulse-response paths resolve
+
+
+@dataclass
+class TrackResult:
+    """What comes back for one track: never an exception, always a record."""
+
+    row: int
+    source: str
+    status: str  # STATUS_OK or STATUS_FAILED
+    reason: str = ""  # why it failed (names the file); "" when ok
+    output: str | None = None
+    preset: str = ""
+    input: dict[str, Any] = field(default_factory=dict)  # measurements of the decoded input
+    result: dict[str, Any] = field(default_factory=dict)  # measurements of the re-decoded output
+    gain_db: float | None = None  # static gain applied before the limiter
+    max_gain_reduction_db: float | None = None  # deepest limiter gain reduction
+    checks: dict[str, bool] = field(default_factory=dict)  # per delivery check: passed?
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    worker: str = ""
+    backend: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrackResult":
+        return cls(**d)
