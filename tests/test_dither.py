@@ -1,0 +1,75 @@
+"""Dither/quantize: values on the PCM grid, TPDF error statistics, noise-shaped spectrum."""
+import numpy as np
+import pytest
+import scipy.signal
+
+from kernels import backend
+from kernels.dither import LIPSHITZ_44K, lsb, max_error_lsb, quantize
+from kernels.params import DitherParams
+from signals import music, sine
+
+
+@pytest.mark.parametrize("bits", [16, 24])
+def test_values_lie_on_the_pcm_grid_and_in_range(xp, bits):
+    x = xp.asarray(music(1.0, seed=3) * 1.2, dtype=xp.float32)  # some samples clip
+    q = backend.to_host(quantize(x, DitherParams(bit_depth=bits)))
+    codes = q.astype(np.float64) * 2.0 ** (bits - 1)
+    assert q.dtype == np.float32
+    np.testing.assert_array_equal(codes, np.round(codes))
+    assert codes.min() >= -(2 ** (bits - 1)) and codes.max() <= 2 ** (bits - 1) - 1
+
+
+def test_bypass_and_float_output_return_input_unchanged(xp):
+    x = xp.asarray(music(0.5), dtype=xp.float32)
+    assert quantize(x, DitherParams(bit_depth=16, bypass=True)) is x
+    assert quantize(x, DitherParams(bit_depth=None)) is x
+
+
+def test_tpdf_error_is_unbiased_with_the_right_power(xp):
+    # a very quiet sine: without dither the error would be signal-correlated
+    x = xp.asarray(sine(997.0, 2.0, level_dbfs=-90.0), dtype=xp.float32)
+    q = backend.to_host(quantize(x, DitherParams(bit_depth=16)))
+    err = (q.astype(np.float64) - backend.to_host(x)) / lsb(16)
+    # TPDF (variance 1/6) + rounding (1/12) = 1/4 LSB^2
+    assert abs(err.mean()) < 0.01
+    assert err.var() == pytest.approx(0.25, rel=0.03)
+    assert np.abs(err).max() <= max_error_lsb(DitherParams(bit_depth=16)) + 1e-9
+    # the error is uncorrelated with the signal
+    xs = backend.to_host(x)[0]
+    assert abs(np.corrcoef(err[0], xs)[0, 1]) < 0.02
+
+
+def test_undithered_rounding_is_plain_rounding(xp):
+    x = xp.asarray(music(0.2, seed=1), dtype=xp.float32)
+    q = backend.to_host(quantize(x, DitherParams(bit_depth=16, dither=False)))
+    ref = np.clip(np.rint(backend.to_host(x).astype(np.float64) * 32768), -32768, 32767) / 32768
+    np.testing.assert_array_equal(q, ref.astype(np.float32))
+
+
+def test_noise_shaping_moves_error_power_to_high_frequencies(xp):
+    rate = 44100
+    x = xp.asarray(sine(1000.0, 3.0, rate=rate, level_dbfs=-40.0), dtype=xp.float32)
+    flat = backend.to_host(quantize(x, DitherParams(bit_depth=16)))
+    shaped = backend.to_host(quantize(x, DitherParams(bit_depth=16, noise_shaping="lipshitz")))
+    xs = backend.to_host(x).astype(np.float64)
+    f, p_flat = scipy.signal.welch((flat - xs)[0], fs=rate, nperseg=4096)
+    _, p_shaped = scipy.signal.welch((shaped - xs)[0], fs=rate, nperseg=4096)
+    mid = (f > 2000) & (f < 5000)  # where the ear is most sensitive
+    top = f > 18000
+    assert 10 * np.log10(p_shaped[mid].mean() / p_flat[mid].mean()) < -6.0
+    assert 10 * np.log10(p_shaped[top].mean() / p_flat[top].mean()) > 10.0
+    # and it follows the designed noise transfer function 1 - sum h z^-(k+1)
+    _, ntf = scipy.signal.freqz(np.r_[1.0, -np.asarray(LIPSHITZ_44K)], worN=f, fs=rate)
+    band = (f > 500) & (f < 20000)
+    measured = 10 * np.log10(p_shaped[band] / p_flat[band])
+    designed = 20 * np.log10(np.abs(ntf[band]))
+    assert np.median(np.abs(measured - designed)) < 1.0
+
+
+def test_dither_is_deterministic_for_a_seed(xp):
+    x = xp.asarray(music(0.3), dtype=xp.float32)
+    a = backend.to_host(quantize(x, DitherParams(bit_depth=16, seed=7)))
+    b = backend.to_host(quantize(x, DitherParams(bit_depth=16, seed=7)))
+    c = backend.to_host(quantize(x, DitherParams(bit_depth=16, seed=8)))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
