@@ -38,7 +38,7 @@ MIN_FREQ_HZ = 30.0  # accuracy is promised from here up to Nyquist
 MAX_ERROR_DB = 0.1
 FLOOR_DB = -60.0  # below this the target is "stopband": not held to 0.1 dB
 TAPER = 0.2  # Tukey window: fraction of the length in its cosine tapers
-GRID_FACTOR = 8  # frequency-sampling grid = 8x the taps: time aliasing of the target far below the window's tail
+GRID_FACTOR = 8  # frequency-sampling grid = 8x the taps: the target's time aliasing lands far out
 BASE_SECONDS = 0.17  # first candidate length, rounded to 2^k - 1 taps
 MAX_DOUBLINGS = 3  # up to 8x the first candidate (~1.4 s)
 

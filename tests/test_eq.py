@@ -20,7 +20,8 @@ def _analog_reference(band: EQBand, f: np.ndarray) -> np.ndarray:
     w = f / band.freq_hz  # frequency normalised to the band's
     if band.kind in ("high_pass", "low_pass"):
         order = int(band.slope_db_per_oct // 6)
-        z, p, k = scipy.signal.butter(order, 1.0, btype=band.kind.replace("_pass", ""), analog=True, output="zpk")
+        btype = band.kind.replace("_pass", "")
+        z, p, k = scipy.signal.butter(order, 1.0, btype=btype, analog=True, output="zpk")
         return np.abs(scipy.signal.freqs_zpk(z, p, k, worN=w)[1])
     a = 10 ** (band.gain_db / 40)
     q = band.q
@@ -70,7 +71,8 @@ def test_band_landmarks():
 
 
 GRID = [
-    (EQBand("bell", 30.0, 6.0, 1.0),), (EQBand("bell", 60.0, -12.0, 4.0),), (EQBand("bell", 250.0, -1.5, 1.0),),
+    (EQBand("bell", 30.0, 6.0, 1.0),), (EQBand("bell", 60.0, -12.0, 4.0),),
+    (EQBand("bell", 250.0, -1.5, 1.0),),
     (EQBand("bell", 3000.0, 12.0, 2.0),), (EQBand("bell", 16000.0, -6.0, 0.5),),
     (EQBand("low_shelf", 30.0, 6.0, 0.707),), (EQBand("low_shelf", 120.0, -12.0, 1.0),),
     (EQBand("high_shelf", 10000.0, 1.5, 0.7),), (EQBand("high_shelf", 40.0, -6.0, 0.5),),
@@ -80,7 +82,8 @@ GRID = [
     # a typical mastering chain (the bench's EQ) and a busy five-band one
     (EQBand("high_pass", 30.0, slope_db_per_oct=12), EQBand("bell", 250.0, -1.5, 1.0),
      EQBand("high_shelf", 10000.0, 1.5, 0.7)),
-    (EQBand("high_pass", 25.0, slope_db_per_oct=24), EQBand("low_shelf", 90.0, 2.0), EQBand("bell", 400.0, -2.0, 1.5),
+    (EQBand("high_pass", 25.0, slope_db_per_oct=24), EQBand("low_shelf", 90.0, 2.0),
+     EQBand("bell", 400.0, -2.0, 1.5),
      EQBand("bell", 3500.0, 1.0, 0.8), EQBand("low_pass", 19000.0, slope_db_per_oct=12)),
 ]
 
@@ -170,7 +173,8 @@ def test_apply_matches_centred_direct_convolution(xp, n, dtype):
     """Any length, even shorter than the filter: y[t] = sum_k h[k] x[t + (M-1)/2 - k]."""
     rng = np.random.default_rng(n)
     x = rng.standard_normal((2, n)).astype(dtype)
-    params = EQParams(bands=(EQBand("high_pass", 30.0, slope_db_per_oct=12), EQBand("bell", 250.0, -1.5, 1.0)))
+    params = EQParams(bands=(EQBand("high_pass", 30.0, slope_db_per_oct=12),
+                             EQBand("bell", 250.0, -1.5, 1.0)))
     taps = design_eq(params, 48000)
     half = taps.size // 2
     want = np.stack([np.convolve(c.astype(np.float64), taps)[half:half + n] for c in x])
