@@ -195,6 +195,8 @@ def k_weight(x, sample_rate: int, chunk_s: float | None = None):
     if chunk_s is None:
         chunk_s = 0.0 if xp is np else K_WEIGHT_CHUNK_S
     n = x64.shape[-1]
+    if n == 0:
+        return xp.zeros(x64.shape, dtype=xp.float64)
     chunk = int(round(chunk_s * rate))
     if chunk <= 0 or n <= 2 * chunk:
         return sig.sosfilt(sos, x64, axis=-1)

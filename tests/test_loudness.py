@@ -347,7 +347,12 @@ def test_too_short_programmes(xp):
     assert two.integrated_lufs == pytest.approx(-20.0, abs=0.1)
     assert two.max_short_term_lufs is None and two.loudness_range_lu is None
     assert backend.to_host(L.short_term(dev(xp, sine(1000.0, 2.0, RATE)), RATE)).size == 0
-    assert L.measure(xp.zeros((2, 0), xp.float32), RATE) == L.LoudnessStats(None, None, None, None, None, None)
+    empty = xp.zeros((2, 0), xp.float32)
+    assert L.measure(empty, RATE) == L.LoudnessStats(None, None, None, None, None, None)
+    assert L.integrated_loudness(empty, RATE) is None and L.loudness_range(empty, RATE) is None
+    assert L.max_momentary(empty, RATE) is None and L.true_peak_dbtp(empty) is None
+    one = xp.full((2, 1), 0.5, xp.float32)  # a single sample: peaks only
+    assert L.integrated_loudness(one, RATE) is None and L.sample_peak_dbfs(one) == pytest.approx(-6.02, abs=0.01)
 
 
 def test_mono_vector_and_bad_input(xp):
