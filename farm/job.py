@@ -1,0 +1,264 @@
+"""Jobs: which catalog, which preset, where to write; turned into render tasks.
+
+A job file (TOML; relative paths resolve against the job file's folder)::
+
+    catalog = "example/catalog.csv"     # required: CSV or JSON catalog
+    preset = "streaming"                # required: a preset name or a .toml path
+    output_dir = "masters"              # required: where masters, reports and the journal go
+    backend = "auto"                    # "auto" | "cpu" | "gpu"
+    scheduler = "tcp://10.0.0.5:8786"   # optional: an existing Dask scheduler
+    description = "..."                 # optional, free text
+
+    [output]                            # optional: how this job writes files
+    format = "wav"                      # flac | wav | aiff
+    bit_depth = 24                      # 16 | 24 (omit: keep the input's)
+    sample_rate = 48000                 # (omit: keep the input's)
+    naming = "{track_number:02d} - {title}"
+
+    [overrides]                         # optional: changes to the job's preset
+    loudness = { target_lufs = -16.0 }
+    limiter = { release_ms = 200.0 }
+
+The flag form ``farm render catalog.csv --preset streaming -o out/`` builds
+the same :class:`Job` with :func:`job_from_flags`.
+
+How a track's settings are merged (later wins):
+
+1. the job's preset, with the job's ``[overrides]``;
+2. *or*, for a row whose ``preset`` column names another preset, that preset
+   as it is: the job's ``[overrides]`` were written against the job's preset
+   and are not applied to a different one;
+3. the job's ``[output]`` table, on every track, whichever preset: format,
+   depth, rate and naming are how *this job* writes its files;
+4. the row's ``target_lufs`` (loudness target and delivery target).
+
+Everything is validated when the job is loaded: the job file, the preset
+and overrides, the whole catalog, every track's merged settings, and the
+output names (a master may never overwrite an input file). All problems come
+in one :class:`~farm.errors.ConfigError`. A missing or unreadable *audio*
+file is not among them: that track fails alone at render time
+(:meth:`Job.missing_sources` lists such rows up front).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from . import catalog as _catalog
+from . import naming
+from .errors import ConfigError, Problems, did_you_mean, display_path
+from .presets import Preset, load_preset, with_output
+from .records import RenderTask, TrackSpec
+
+BACKENDS = ("auto", "cpu", "gpu")
+_JOB_KEYS = {"catalog": "str", "preset": "str", "output_dir": "str", "backend": "str", "scheduler": "str",
+             "description": "str", "output": "table", "overrides": "table"}
+_REQUIRED = ("catalog", "preset", "output_dir")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job: every track with the settings it renders with."""
+
+    catalog: str  # absolute path of the catalog file
+    tracks: tuple[TrackSpec, ...]
+    preset: Preset  # the job's preset with its [overrides] and [output] applied
+    output_dir: str  # absolute
+    backend: str = "auto"
+    scheduler: str | None = None
+    path: str | None = None  # the job file; None for the flag form
+    output: Mapping[str, Any] = field(default_factory=dict)  # the job's [output] table (applies to every track)
+    description: str = ""
+    origin: str = field(default="command line", repr=False, compare=False)  # for messages
+
+    def tasks(self) -> list[RenderTask]:
+        """One :class:`~farm.records.RenderTask` per catalog row, in catalog order.
+
+        Raises ConfigError listing every track whose merged settings are
+        invalid (cannot happen for a Job made by :func:`load_job` or
+        :func:`job_from_flags`, which call this to validate).
+        """
+        problems = Problems()
+        cat_dir = os.path.dirname(self.catalog)
+        cat_display = display_path(self.catalog)
+        out_origin = f"{self.origin} [output]"
+        by_preset: dict[str, Preset] = {}
+        settled: list[tuple[TrackSpec, Preset]] = []
+        for t in self.tracks:
+            where = f"{cat_display} row {t.row}"
+            try:
+                if t.preset is None:
+                    p = self.preset
+                else:
+                    if t.preset not in by_preset:
+                        base = load_preset(t.preset, base_dir=cat_dir, origin=f"{where}, field 'preset'")
+                        by_preset[t.preset] = with_output(base, self.output, out_origin)
+                    p = by_preset[t.preset]
+                if t.target_lufs is not None:
+                    p = p.with_target(t.target_lufs, origin=f"{where}, field 'target_lufs'")
+            except ConfigError as e:
+                problems.extend(e)
+                continue
+            settled.append((t, p))
+        problems.raise_if_any()
+
+        paths = naming.assign_paths([(t, p.output) for t, p in settled], self.output_dir)
+        inputs = {os.path.normcase(os.path.realpath(t.source)): t.row for t in self.tracks}
+        dirs = tuple(dict.fromkeys(d for d in (os.path.dirname(self.path) if self.path else None, cat_dir)
+                                   if d))
+        tasks = []
+        for (t, p), out in zip(settled, paths):
+            hit = inputs.get(os.path.normcase(os.path.realpath(out)))
+            if hit is not None:
+                problems.add(f"{cat_display} row {t.row}: its master {out} would overwrite the input of row {hit}; "
+                             "write to an output folder that holds no input files")
+                continue
+            ir_dirs = tuple(dict.fromkeys(((os.path.dirname(p.path),) if p.path else ()) + dirs))
+            tasks.append(RenderTask(track=t, chain=p.chain, output=p.output, delivery=p.delivery, out_path=out,
+                                    preset=p.name, backend=self.backend, ir_search_dirs=ir_dirs))
+        problems.raise_if_any()
+        return tasks
+
+    def missing_sources(self) -> dict[int, str]:
+        """Row -> reason for tracks whose audio file is missing or unreadable (they will fail alone)."""
+        return _catalog.check_sources(self.tracks)
+
+
+def _check_backend(value: Any, where: str, problems: Problems) -> str:
+    if value not in BACKENDS:
+        problems.add(f"{where} backend: {value!r} is not a backend; allowed: {', '.join(BACKENDS)}")
+        return "auto"
+    return value
+
+
+def _check_scheduler(value: Any, where: str, problems: Problems) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+        problems.add(f"{where} scheduler: {value!r} is not a scheduler address; write e.g. "
+                     "'tcp://10.0.0.5:8786' (or leave it out for the embedded local cluster)")
+        return None
+    return value.strip()
+
+
+def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: str | None, base_dir: str,
+              origin: str,
+              output: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None, backend: Any,
+              scheduler: Any, path: str | None, description: str, require_files: bool,
+              problems: Problems) -> Job:
+    """Load preset and catalog, collecting their problems with the job's own; build and validate the Job."""
+    preset = None
+    if preset_ref is not None:
+        try:
+            preset = load_preset(preset_ref, base_dir=base_dir, origin=f"{origin} preset")
+            preset = preset.with_overrides(overrides, origin=f"{origin} [overrides]", base_dir=base_dir)
+            preset = with_output(preset, output, f"{origin} [output]")
+        except ConfigError as e:
+            problems.extend(e)
+    tracks: list[TrackSpec] = []
+    if catalog_path is not None:
+        try:
+            tracks = _catalog.load_catalog(catalog_path, require_files=require_files)
+        except ConfigError as e:
+            problems.extend(e)
+    backend = _check_backend(backend, origin, problems)
+    scheduler = _check_scheduler(scheduler, origin, problems)
+    out_dir = ""
+    if output_dir is not None:
+        out_dir = os.path.abspath(os.path.join(base_dir, os.path.expanduser(output_dir)))
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            problems.add(f"{origin} output_dir: {display_path(out_dir)} exists and is not a folder")
+    problems.raise_if_any()
+    assert preset is not None and catalog_path is not None
+    job = Job(catalog=os.path.abspath(catalog_path), tracks=tuple(tracks), preset=preset, output_dir=out_dir,
+              backend=backend, scheduler=scheduler, path=path, output=dict(output or {}),
+              description=description, origin=origin)
+    job.tasks()  # validates every track's merged settings and output name
+    return job
+
+
+def load_job(path: str | os.PathLike, *, require_files: bool = False) -> Job:
+    """Read and validate a job file (TOML); every problem comes in one ConfigError."""
+    path = os.path.abspath(os.fspath(path))
+    where = display_path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: job file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read the job file ({e.strerror or e})") from None
+    problems = Problems()
+    for key, value in data.items():
+        kind = _JOB_KEYS.get(key)
+        if kind is None:
+            problems.add(f"{where}: unknown key {key!r}{did_you_mean(key, _JOB_KEYS)}; allowed: "
+                         f"{', '.join(k for k, v in _JOB_KEYS.items() if v == 'str')} and tables [output], "
+                         "[overrides]")
+        elif key == "output" and isinstance(value, str):
+            problems.add(f"{where}: 'output' is the [output] table (format, bit_depth, sample_rate, naming); "
+                         f"write the folder as output_dir = {value!r}")
+        elif kind == "table" and not isinstance(value, Mapping):
+            problems.add(f"{where}: {key!r} must be a table [{key}], got {value!r}")
+        elif kind == "str" and not isinstance(value, str):
+            problems.add(f"{where} {key}: must be text, got {value!r}")
+    for key in _REQUIRED:
+        if key not in data:
+            problems.add(f"{where}: {key!r} is required ({_REQUIRED_HELP[key]})")
+
+    def text(key: str) -> str | None:  # a value that is present and valid, else None (already reported)
+        v = data.get(key)
+        return v if isinstance(v, str) else None
+
+    def table(key: str) -> Mapping[str, Any] | None:
+        v = data.get(key)
+        return v if isinstance(v, Mapping) else None
+
+    base = os.path.dirname(path)
+    cat = text("catalog")
+    cat = None if cat is None else os.path.join(base, os.path.expanduser(cat))
+    return _assemble(catalog_path=cat, preset_ref=text("preset"), output_dir=text("output_dir"), base_dir=base,
+                     origin=where, output=table("output"), overrides=table("overrides"),
+                     backend=text("backend") or "auto", scheduler=text("scheduler"), path=path,
+                     description=text("description") or "", require_files=require_files, problems=problems)
+
+
+_REQUIRED_HELP = {
+    "catalog": "the CSV or JSON catalog, relative to the job file",
+    "preset": "a preset name such as 'streaming', or a .toml path",
+    "output_dir": "the folder the masters are written to, relative to the job file",
+}
+
+
+def job_from_flags(catalog: str | os.PathLike, preset: str, output_dir: str | os.PathLike, *,
+                   format: str | None = None, bit_depth: int | None = None, sample_rate: int | None = None,
+                   naming: str | None = None, target_lufs: float | None = None,
+                   overrides: Mapping[str, Any] | None = None, backend: str = "auto",
+                   scheduler: str | None = None, require_files: bool = False) -> Job:
+    """The :class:`Job` for ``farm render CATALOG --preset P -o DIR [...]``.
+
+    Relative paths resolve against the working folder. ``format``,
+    ``bit_depth``, ``sample_rate`` and ``naming`` form the job's ``[output]``
+    table; ``target_lufs`` overrides the preset's loudness target;
+    ``overrides`` are preset-table overrides as in a job's ``[overrides]``.
+    """
+    output = {k: v for k, v in (("format", format), ("bit_depth", bit_depth), ("sample_rate", sample_rate),
+                                ("naming", naming)) if v is not None}
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (overrides or {}).items()}
+    if target_lufs is not None:
+        lo = merged.setdefault("loudness", {})
+        if isinstance(lo, dict):
+            lo["target_lufs"] = target_lufs
+    return _assemble(catalog_path=os.path.abspath(os.fspath(catalog)), preset_ref=preset,
+                     output_dir=os.fspath(output_dir), base_dir=os.getcwd(), origin="command line",
+                     output=output, overrides=merged, backend=backend, scheduler=scheduler, path=None,
+                     description="", require_files=require_files, problems=Problems())
