@@ -1,0 +1,275 @@
+"""True-peak limiter (kernels.limiter): the ceiling holds at 4x and 16x on hard
+material, under-ceiling input is bit-transparent, the attack stays inside the
+lookahead and is smooth, the release has the designed time constant, channels
+are linked, and the scan-based gain computer equals a float64 sequential one."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernels import backend, limiter
+from kernels.limiter import gain_curve, limit, peak_envelope
+from kernels.oversample import upsample
+from kernels.params import LimiterParams
+from signals import db_to_amp, isp_tone, music, sine, square
+
+ROUNDING = 1e-6  # relative slack for float32 rounding of the measurement itself
+
+
+def _true_peak(y, factor: int) -> float:
+    """Linear true peak the way a meter sees it: max |upsample(y, factor)|."""
+    return float(np.max(np.abs(backend.to_host(upsample(y, factor)))))
+
+
+def _assert_under_ceiling(y, ceiling_dbtp: float) -> None:
+    ceiling = db_to_amp(ceiling_dbtp)
+    for factor in (4, 16):
+        peak = _true_peak(y, factor)
+        assert peak <= ceiling * (1 + ROUNDING), (
+            f"{factor}x true peak {20 * math.log10(peak):.6f} dBTP over the {ceiling_dbtp} dBTP ceiling")
+
+
+def _impulses(seconds, rate, channels, seed=0):
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    x = 1e-3 * rng.standard_normal((channels, n))
+    idx = rng.choice(n, size=12, replace=False)
+    x[:, idx] = rng.choice([-4.0, 4.0], size=(channels, 12)) * rng.uniform(0.3, 1.0, 12)
+    x[:, idx[0] + 1] = -x[:, idx[0]]  # a full-scale doublet: a big inter-sample peak
+    return x
+
+
+def _dc_step(seconds, rate, channels):
+    n = int(seconds * rate)
+    x = np.zeros((channels, n))
+    x[:, n // 3:] = 2.0  # +6 dB DC switched on (and off at the end): Gibbs ringing both sides
+    x[:, 2 * n // 3:] = -1.5
+    return x
+
+
+MATERIAL = {
+    "square": lambda s, r, c: square(1000.0, s, r, level_dbfs=6.0, channels=c),
+    "isp_tone": lambda s, r, c: isp_tone(s, r, c),
+    "impulses": lambda s, r, c: _impulses(s, r, c),
+    "dc_step": _dc_step,
+    "music+20dB": lambda s, r, c: music(s, r, c, seed=4) * db_to_amp(20.0),
+}
+
+
+@pytest.mark.parametrize("material", sorted(MATERIAL))
+@pytest.mark.parametrize("rate,channels,ceiling_dbtp", [(44100, 1, -0.1), (48000, 2, -1.0), (96000, 2, -6.0)])
+def test_ceiling_holds_on_hard_material(xp, material, rate, channels, ceiling_dbtp):
+    x = xp.asarray(MATERIAL[material](0.2, rate, channels), dtype=xp.float32)
+    res = limit(x, rate, LimiterParams(ceiling_dbtp=ceiling_dbtp))
+    assert res.audio.shape == x.shape and res.audio.dtype == x.dtype
+    _assert_under_ceiling(res.audio, ceiling_dbtp)
+    assert res.max_gain_reduction_db > 0.0
+    assert res.true_peak_dbtp <= ceiling_dbtp
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2 ** 16), gain_db=st.floats(0.0, 20.0), rate=st.sampled_from([44100, 48000, 96000]),
+       channels=st.sampled_from([1, 2]), ceiling_dbtp=st.floats(-6.0, -0.1),
+       lookahead_ms=st.floats(0.1, 10.0), release_ms=st.floats(1.0, 1000.0),
+       oversample=st.sampled_from([4, 8, 16]))
+def test_property_ceiling_holds_on_music(xp, seed, gain_db, rate, channels, ceiling_dbtp, lookahead_ms,
+                                         release_ms, oversample):
+    x = xp.asarray(music(0.15, rate, channels, seed=seed) * db_to_amp(gain_db), dtype=xp.float32)
+    params = LimiterParams(ceiling_dbtp=ceiling_dbtp, lookahead_ms=lookahead_ms, release_ms=release_ms,
+                           oversample=oversample)
+    res = limit(x, rate, params)
+    _assert_under_ceiling(res.audio, ceiling_dbtp)
+    # audio is exactly input times the reported gain, the same for every channel
+    np.testing.assert_array_equal(backend.to_host(res.audio), backend.to_host(x * res.gain[None, :]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_under_ceiling_input_is_bit_transparent(xp, dtype):
+    x = xp.asarray(music(1.0, 48000, 2, seed=3) * db_to_amp(-3.0), dtype=dtype)  # ~ -4 dBTP
+    res = limit(x, 48000, LimiterParams(ceiling_dbtp=-1.0))
+    np.testing.assert_array_equal(backend.to_host(res.audio), backend.to_host(x))
+    assert res.audio.dtype == dtype
+    assert bool(backend.to_host(xp.all(res.gain == 1.0)))
+    assert res.max_gain_reduction_db == 0.0 and res.corrections == 0 and res.trim_db == 0.0
+
+
+def test_bypass_returns_the_input(xp):
+    x = xp.asarray(square(1000.0, 0.1, level_dbfs=6.0), dtype=xp.float32)
+    res = limit(x, 48000, LimiterParams(bypass=True))
+    assert res.audio is x and res.max_gain_reduction_db == 0.0
+
+
+@pytest.mark.parametrize("release_ms", [30.0, 200.0])
+def test_release_has_the_designed_time_constant(xp, release_ms):
+    """Gain reduction decays exponentially in dB: 6 dB -> 6/e dB takes release_ms."""
+    rate, ceiling_dbtp = 48000, -1.0
+    n = int(1.5 * rate)
+    x = np.zeros((2, n))
+    width = int(0.002 * rate)  # a smooth 2 ms bump, 8 dB over the ceiling
+    x[:, rate // 10:rate // 10 + width] = db_to_amp(ceiling_dbtp + 8.0) * np.hanning(width)
+    res = limit(xp.asarray(x), rate, LimiterParams(ceiling_dbtp=ceiling_dbtp, release_ms=release_ms))
+    gr_db = -20 * np.log10(backend.to_host(res.gain))
+    assert gr_db.max() == pytest.approx(8.0, abs=0.05)
+    start = np.flatnonzero(gr_db >= 6.0)[-1]
+    stop = start + np.flatnonzero(gr_db[start:] <= 6.0 / math.e)[0]
+    assert (stop - start) / rate * 1000.0 == pytest.approx(release_ms, rel=0.05)
+
+
+@pytest.mark.parametrize("lookahead_ms", [1.0, 5.0])
+def test_attack_stays_inside_the_lookahead_and_is_smooth(xp, lookahead_ms):
+    rate, ceiling_dbtp = 48000, -1.0
+    n = rate // 2
+    x = np.zeros((2, n))
+    burst = sine(1000.0, 0.01, rate, level_dbfs=ceiling_dbtp + 6.0, channels=2)
+    x[:, rate // 10:rate // 10 + burst.shape[1]] = burst
+    x = xp.asarray(x, dtype=xp.float32)
+    res = limit(x, rate, LimiterParams(ceiling_dbtp=ceiling_dbtp, lookahead_ms=lookahead_ms))
+    _assert_under_ceiling(res.audio, ceiling_dbtp)
+    g = backend.to_host(res.gain).astype(np.float64)
+    lookahead = round(lookahead_ms * rate / 1000)
+    # first (16x-)oversampled point over the working ceiling, in base samples
+    working = db_to_amp(ceiling_dbtp) * (1 - limiter.MARGIN)
+    first_over = np.flatnonzero(np.abs(backend.to_host(upsample(x, 16))).max(axis=0) > working)[0] // 16
+    first_drop = np.flatnonzero(g < 1.0)[0]
+    assert first_over - lookahead <= first_drop <= first_over
+    # smooth: no step larger than the triangular ramp allows (a hard limiter
+    # would step by the whole reduction, here ~0.5)
+    depth = 1.0 - g.min()
+    assert np.abs(np.diff(g)).max() <= 3.0 * depth / (lookahead + 2)
+
+
+def test_channels_are_linked(xp):
+    rate = 48000
+    left = square(500.0, 0.2, rate, level_dbfs=3.0, channels=1)[0]
+    right = sine(300.0, 0.2, rate, level_dbfs=-20.0, channels=1)[0]
+    x = xp.asarray(np.stack([left, right]), dtype=xp.float32)
+    res = limit(x, rate, LimiterParams(ceiling_dbtp=-1.0))
+    assert res.gain.shape == (x.shape[1],)
+    out, gain = backend.to_host(res.audio), backend.to_host(res.gain)
+    np.testing.assert_array_equal(out, backend.to_host(x) * gain[None, :])
+    assert gain.min() < db_to_amp(-3.0)  # the quiet right channel is turned down with the left
+
+
+@pytest.mark.parametrize("n", [1, 2, 65, 1001])
+@pytest.mark.parametrize("channels", [1, 2, 6])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_output_matches_input_shape_dtype_and_length(xp, n, channels, dtype):
+    rng = np.random.default_rng(n)
+    x = xp.asarray(3.0 * rng.standard_normal((channels, n)), dtype=dtype)
+    res = limit(x, 44100, LimiterParams(ceiling_dbtp=-2.0))
+    assert res.audio.shape == x.shape and res.audio.dtype == dtype
+    assert res.gain.shape == (n,) and res.gain.dtype == dtype
+    _assert_under_ceiling(res.audio, -2.0)
+
+
+def _reference_gain_curve(g_req, lookahead, release):
+    """The limiter's gain computer as plain float64 loops."""
+    n, w = len(g_req), lookahead + 1
+    padded = np.concatenate([g_req, np.ones(w - 1)])
+    g1 = np.array([padded[i:i + w].min() for i in range(n)])
+    m1 = (w + 1) // 2
+    m2 = w + 1 - m1
+    tri = np.convolve(np.ones(m1), np.ones(m2)) / (m1 * m2)  # w taps, sum 1
+    ext = np.concatenate([np.full(w - 1, g1[0]), g1])
+    g2 = np.minimum([np.dot(tri, ext[i:i + w][::-1]) for i in range(n)], g_req)
+    r, d, out = math.exp(-1.0 / release), 0.0, np.empty(n)
+    for i, v in enumerate(-20 * np.log10(g2)):
+        d = max(v, r * d)
+        out[i] = d
+    g = np.where(out < limiter.SNAP_DB, 1.0, 10 ** (-out / 20))
+    return np.minimum(g, g2)
+
+
+@pytest.mark.parametrize("lookahead,release", [(1, 5.0), (8, 300.0), (37, 80.0)])
+def test_gain_curve_equals_sequential_reference(xp, lookahead, release):
+    rng = np.random.default_rng(lookahead)
+    g_req = np.ones(3000)
+    for start in rng.choice(2900, 25):  # dips of random depth and width
+        g_req[start:start + rng.integers(1, 60)] = np.minimum(g_req[start], rng.uniform(0.05, 1.0))
+    g = backend.to_host(gain_curve(xp.asarray(g_req), lookahead, release))
+    want = _reference_gain_curve(g_req, lookahead, release)
+    np.testing.assert_allclose(g, want, rtol=0, atol=1e-9)
+    assert np.all(g <= g_req)
+
+
+def test_peak_envelope_is_the_per_sample_max_of_upsample(xp):
+    x = xp.asarray(music(0.3, 48000, 2, seed=5) * 3.0, dtype=xp.float32)
+    for factors in [(4,), (8,), (4, 16)]:
+        env = backend.to_host(peak_envelope(x, factors))
+        want = np.max([np.abs(backend.to_host(upsample(x, f))).reshape(2, -1, f).max(axis=(0, 2))
+                       for f in factors], axis=0)
+        np.testing.assert_allclose(env, want, rtol=0, atol=2e-6 * want.max())
+    # with the curvature term: |y| + k|second difference| over the interleaved points
+    y = backend.to_host(upsample(x, 4)).astype(np.float64)
+    padded = np.pad(y, [(0, 0), (1, 1)])
+    bound = np.abs(y) + limiter.CURVATURE * np.abs(padded[:, :-2] - 2 * y + padded[:, 2:])
+    want = bound.reshape(2, -1, 4).max(axis=(0, 2))
+    env = backend.to_host(peak_envelope(x, (4,), curvature=limiter.CURVATURE))
+    np.testing.assert_allclose(env, want, rtol=0, atol=4e-6 * want.max())
+
+
+def test_peak_envelope_chunks_join_seamlessly(xp, monkeypatch):
+    x = xp.asarray(music(0.2, 48000, 2, seed=6) * 3.0, dtype=xp.float32)
+    whole = backend.to_host(peak_envelope(x, (4,)))
+    monkeypatch.setattr(limiter, "CHUNK_CPU", 1000)
+    monkeypatch.setattr(limiter, "CHUNK_GPU", 1000)
+    np.testing.assert_allclose(backend.to_host(peak_envelope(x, (4,))), whole, rtol=0, atol=2e-6 * whole.max())
+    curved = backend.to_host(peak_envelope(x, (4,), curvature=0.2))
+    monkeypatch.setattr(limiter, "CHUNK_CPU", 1 << 18)
+    monkeypatch.setattr(limiter, "CHUNK_GPU", 1 << 18)
+    np.testing.assert_allclose(backend.to_host(peak_envelope(x, (4,), curvature=0.2)), curved,
+                               rtol=0, atol=2e-6 * curved.max())
+
+
+def test_curvature_bound_covers_sinusoids_between_points(xp):
+    """The detection envelope (4x points + curvature bound) is >= the 16x peak
+    of any sinusoid up to the oversampler's passband edge, whatever its phase."""
+    rate = 48000
+    rng = np.random.default_rng(8)
+    for freq in [100.0, 3000.0, 9000.0, 15000.0, 19000.0, 21600.0]:
+        x = xp.asarray(sine(freq, 0.05, rate, level_dbfs=-3.0, channels=1, phase=rng.uniform(0, 6.3)))
+        est = backend.to_host(peak_envelope(x, (4,), curvature=limiter.CURVATURE))[200:-200]
+        fine = backend.to_host(peak_envelope(x, (16,)))[200:-200]
+        assert est.max() >= fine.max() * (1 - 1e-9)
+
+
+def test_final_check_corrects_and_trims(xp, monkeypatch):
+    """Plain 4x detection misses 16x peaks of full-band material; the check
+    catches them (corrections), and with no corrections allowed the global
+    trim does."""
+    monkeypatch.setattr(limiter, "CURVATURE", 0.0)
+    x = xp.asarray(square(3000.0, 0.2, 48000, level_dbfs=6.0), dtype=xp.float32)
+    res = limit(x, 48000, LimiterParams(ceiling_dbtp=-1.0))
+    assert res.corrections >= 1 and res.trim_db == 0.0
+    _assert_under_ceiling(res.audio, -1.0)
+    monkeypatch.setattr(limiter, "MAX_CORRECTIONS", 0)
+    res = limit(x, 48000, LimiterParams(ceiling_dbtp=-1.0))
+    assert res.corrections == 0 and res.trim_db > 0.0
+    _assert_under_ceiling(res.audio, -1.0)
+
+
+def test_reported_numbers(xp):
+    x = xp.asarray(music(0.5, 48000, 2, seed=7) * db_to_amp(10.0), dtype=xp.float32)
+    res = limit(x, 48000, LimiterParams(ceiling_dbtp=-1.0))
+    gain = backend.to_host(res.gain).astype(np.float64)
+    assert res.max_gain_reduction_db == pytest.approx(-20 * np.log10(gain.min()), abs=1e-6)
+    tp16 = 20 * math.log10(_true_peak(res.audio, 16))
+    assert res.true_peak_dbtp == pytest.approx(tp16, abs=1e-4)
+    assert -1.001 <= res.true_peak_dbtp <= -1.0
+
+
+def test_bad_input_is_refused_with_a_fix(xp):
+    with pytest.raises(ValueError, match="channel axis"):
+        limit(xp.zeros(100, dtype=xp.float32), 48000, LimiterParams())
+    with pytest.raises(TypeError, match="float32"):
+        limit(xp.zeros((2, 100), dtype=xp.int16), 48000, LimiterParams())
+    bad = np.zeros((2, 100), dtype=np.float32)
+    bad[0, 50] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        limit(xp.asarray(bad), 48000, LimiterParams())
+    empty = limit(xp.zeros((2, 0), dtype=xp.float32), 48000, LimiterParams())
+    assert empty.audio.shape == (2, 0)
