@@ -95,8 +95,10 @@ MAX_CORRECTIONS = 4  # residual correction passes before the global trim
 # costs a gain computation and another check); it over-reads on-grid crests
 # by 1 + 2k(1 - cos w), ~0.03 dB at 5 kHz at 48 kHz.
 CURVATURE = 1.0 / 7.0
-CHUNK_CPU = 1 << 18  # base samples per detection chunk (cache-sized FFT batches on the host)
+CHUNK_CPU = 1 << 17  # base samples per detection chunk (cache-sized FFT batches on the host)
 CHUNK_GPU = 1 << 21  # larger on the device: fewer, fuller launches
+GAIN_CHUNK_CPU = 1 << 17  # samples per gain-computer chunk: its float64 temporaries stay in cache
+GAIN_CHUNK_GPU = 1 << 23
 
 _DB_PER_NEPER = 20.0 / math.log(10.0)
 
@@ -298,24 +300,37 @@ def gain_curve(g_req, lookahead_samples: int, release_samples: float):
     (see the module docstring) that start falling at most
     ``lookahead_samples`` before the sample that needs them and recover
     with time constant ``release_samples`` (in samples) in dB.
+
+    Works through the track in chunks (cache-sized on the host): hold and
+    ramp are local (each chunk reads ``lookahead`` samples of context on
+    either side), and the release scan carries its state from one chunk to
+    the next (``y0``), so the result equals one whole-track computation.
     """
     xp = backend.array_module(g_req)
     g_req = xp.asarray(g_req, dtype=xp.float64)
-    w = int(lookahead_samples) + 1  # window [n, n + L]
-    g1 = _forward_min(xp, g_req, w)
-    g2 = _ramp(xp, g1, w)
-    xp.minimum(g2, g_req, out=g2)  # proven <= g_req; this removes the running sums' rounding
-    # Release in gain reduction dB: d = max(d2, r*d) (an exact scan), so d >= d2.
-    d = xp.log(g2)
-    d *= -_DB_PER_NEPER
+    n = g_req.shape[-1]
+    w = int(lookahead_samples) + 1  # hold window [n, n + L]; the ramp spans [n - L, n]
     r = math.exp(-1.0 / max(float(release_samples), 1e-9))
-    d = affine_max_scan(d, r, 0.0, 0.0)
-    snap = d < SNAP_DB
-    d *= -1.0 / _DB_PER_NEPER
-    g = xp.exp(d, out=d)
-    xp.maximum(g, snap, out=g)  # release tails end exactly at unity gain (g > 0, snap is 0 or 1)
-    xp.minimum(g, g2, out=g)  # exact: g <= g2 <= g_req
-    return g
+    chunk = max(GAIN_CHUNK_CPU if xp is np else GAIN_CHUNK_GPU, w)
+    out = xp.empty(n, dtype=xp.float64)
+    state = xp.zeros((), dtype=xp.float64)  # gain reduction (dB) before the first sample
+    for s in range(0, n, chunk):  # a loop over chunks, not samples
+        e = min(n, s + chunk)
+        lo, hi = max(0, s - (w - 1)), min(n, e + (w - 1))
+        g1 = _forward_min(xp, g_req[lo:hi], w)  # exact on [lo, e): windows end before hi
+        g2 = _ramp(xp, g1, w)[s - lo:e - lo]  # exact on [s, e): w - 1 samples of history
+        xp.minimum(g2, g_req[s:e], out=g2)  # proven <= g_req; this removes the running sums' rounding
+        # Release in gain reduction dB: d = max(d2, r*d) (an exact scan), so d >= d2.
+        d = xp.log(g2)
+        d *= -_DB_PER_NEPER
+        d = affine_max_scan(d, r, 0.0, state)
+        state = d[-1].copy()  # a copy: on CuPy d[-1] is a view, and d is overwritten below
+        snap = d < SNAP_DB
+        d *= -1.0 / _DB_PER_NEPER
+        g = xp.exp(d, out=d)
+        xp.maximum(g, snap, out=g)  # release tails end exactly at unity gain (g > 0, snap is 0 or 1)
+        xp.minimum(g, g2, out=out[s:e])  # exact: g <= g2 <= g_req
+    return out
 
 
 def _forward_min(xp, g, w: int):

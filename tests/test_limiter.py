@@ -184,8 +184,14 @@ def _reference_gain_curve(g_req, lookahead, release):
     return np.minimum(g, g2)
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 50, 701])
 @pytest.mark.parametrize("lookahead,release", [(1, 5.0), (8, 300.0), (37, 80.0)])
-def test_gain_curve_equals_sequential_reference(xp, lookahead, release):
+def test_gain_curve_equals_sequential_reference(xp, monkeypatch, lookahead, release, chunk):
+    """Scan-based release, log-step hold and running-sum ramp, whole or in
+    chunks (the seams carry context and the release state), equal plain loops."""
+    if chunk is not None:
+        monkeypatch.setattr(limiter, "GAIN_CHUNK_CPU", chunk)
+        monkeypatch.setattr(limiter, "GAIN_CHUNK_GPU", chunk)
     rng = np.random.default_rng(lookahead)
     g_req = np.ones(3000)
     for start in rng.choice(2900, 25):  # dips of random depth and width
