@@ -20,8 +20,10 @@ samples ``n`` and ``n+1`` is then charged to both neighbours, the two samples
 whose gains shape the waveform there. Every oversampled point ``y[k]`` also
 gets ``CURVATURE * |y[k-1] - 2 y[k] + y[k+1]|`` added, a bound on how far
 the waveform can still rise between points (exact for sinusoids up to
-Nyquist, see :data:`CURVATURE`); it makes the first pass hold the ceiling at
-16x too in practice, so the final check rarely has anything to correct.
+Nyquist, see :data:`CURVATURE`) wherever the point itself is already over
+the ceiling (so input that is under it still reads exactly and passes
+untouched); it makes the first pass hold the ceiling at 16x too in practice,
+so the final check rarely has anything to correct.
 Phase 0 of the interpolator is the input itself, so only the other phases
 are computed, chunk by chunk (the oversampled track is never materialised).
 
@@ -153,7 +155,7 @@ def limit(x, sample_rate: float, params: LimiterParams) -> LimiterResult:
     factor = params.oversample
     check_factors = (factor,) if factor == CHECK_FACTOR else (factor, CHECK_FACTOR)
 
-    env = peak_envelope(x, (factor,), curvature=CURVATURE)
+    env = peak_envelope(x, (factor,), curvature=CURVATURE, gate=ceiling)
     gain = gain_curve(required_gain(env, ceiling), lookahead, release)
     gain_x = gain.astype(x.dtype)
     out = x * gain_x
@@ -214,7 +216,7 @@ def _phases(factors: tuple[int, ...]) -> np.ndarray:
     return np.stack(rows)
 
 
-def peak_envelope(x, factors: tuple[int, ...] = (4,), curvature: float = 0.0):
+def peak_envelope(x, factors: tuple[int, ...] = (4,), curvature: float = 0.0, gate: float = 0.0):
     """Per-base-sample, channel-linked peak of the oversampled signal.
 
     ``env[n] = max |x_os(t)|`` over every channel and every point
@@ -225,8 +227,10 @@ def peak_envelope(x, factors: tuple[int, ...] = (4,), curvature: float = 0.0):
     the size of the oversampled track is allocated.
 
     ``curvature`` (one factor only) adds ``curvature * |y[k-1] - 2 y[k] + y[k+1]|``
-    to every oversampled point ``y[k]``: an estimate of how far the waveform
-    can rise between points (see :data:`CURVATURE`).
+    to every oversampled point ``y[k]`` with ``|y[k]| > gate``: an estimate of
+    how far the waveform can rise between points (see :data:`CURVATURE`).
+    The limiter gates at its ceiling, so a signal whose points are all under
+    it reads exactly as without the term (and passes bit-identical).
     """
     xp = backend.array_module(x)
     c, n = x.shape
@@ -242,7 +246,8 @@ def peak_envelope(x, factors: tuple[int, ...] = (4,), curvature: float = 0.0):
         # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); input sample i sits at column i - lo + H
         full = fftconvolve(x[:, None, lo:hi], bank, mode="full")
         if curvature:
-            env[s:e] = _curved_peak(xp, x, full[..., s - lo + h - 1:e - lo + h], s, e, factors[0], curvature)
+            env[s:e] = _curved_peak(xp, x, full[..., s - lo + h - 1:e - lo + h], s, e, factors[0],
+                                    curvature, gate)
             continue
         ph = full[..., s - lo + h:e - lo + h]
         xp.abs(ph, out=ph)
@@ -252,7 +257,7 @@ def peak_envelope(x, factors: tuple[int, ...] = (4,), curvature: float = 0.0):
     return env
 
 
-def _curved_peak(xp, x, ph, s: int, e: int, factor: int, kappa: float):
+def _curved_peak(xp, x, ph, s: int, e: int, factor: int, kappa: float, gate: float):
     """Chunk ``[s, e)`` of the curvature-bounded envelope. ``ph`` holds phases
     1..factor-1 from base sample ``s - 1`` on (one extra column on the left)."""
     c, m = x.shape[0], e - s
@@ -271,6 +276,8 @@ def _curved_peak(xp, x, ph, s: int, e: int, factor: int, kappa: float):
     xp.abs(d, out=d)
     d *= kappa
     mid = xp.abs(z[:, 1:-1])
+    if gate > 0.0:
+        d *= mid > gate
     mid += d
     return mid.max(axis=(0, 1))
 

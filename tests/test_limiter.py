@@ -97,6 +97,21 @@ def test_under_ceiling_input_is_bit_transparent(xp, dtype):
     assert res.max_gain_reduction_db == 0.0 and res.corrections == 0 and res.trim_db == 0.0
 
 
+def test_bright_input_just_under_the_ceiling_is_transparent(xp):
+    """The detection's curvature term (which over-reads bright crests) only
+    applies to points already over the ceiling: a 15 kHz tone 0.05 dB under
+    it is not touched."""
+    x = sine(15000.0, 0.2, 48000, level_dbfs=-1.05, phase=0.3)
+    fade = np.hanning(960)  # 10 ms fades: an abrupt start would ring over the ceiling
+    x[:, :480] *= fade[:480]
+    x[:, -480:] *= fade[480:]
+    x = xp.asarray(x, dtype=xp.float32)
+    assert 20 * math.log10(_true_peak(x, 16)) < -1.04
+    res = limit(x, 48000, LimiterParams(ceiling_dbtp=-1.0))
+    np.testing.assert_array_equal(backend.to_host(res.audio), backend.to_host(x))
+    assert res.max_gain_reduction_db == 0.0
+
+
 def test_bypass_returns_the_input(xp):
     x = xp.asarray(square(1000.0, 0.1, level_dbfs=6.0), dtype=xp.float32)
     res = limit(x, 48000, LimiterParams(bypass=True))
