@@ -190,15 +190,16 @@ def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None):
     """
     if params.bypass:
         return x
-    if ir is None:
-        if not params.is_builtin:
-            raise ValueError(f"reverb ir {params.ir!r} is a file: decode it, resample it with "
-                             "kernels.reverb.resample_ir and pass it as ir=")
-        ir = synthetic_ir(params.ir, sample_rate, params.decay_s, params.seed, channels=2)
-    xp = backend.array_module(x)
-    dtype = x.dtype if x.dtype in (xp.float32, xp.float64) else xp.float64
+    if ir is None and not params.is_builtin:
+        raise ValueError(f"reverb ir {params.ir!r} is a file: decode it, resample it with "
+                         "kernels.reverb.resample_ir and pass it as ir=")
     if x.ndim != 2:
         raise ValueError(f"apply_reverb takes audio shaped (channels, samples), got {tuple(x.shape)}")
+    if ir is None:
+        # one decorrelated IR channel per track channel: mono, stereo and 5.1 alike
+        ir = synthetic_ir(params.ir, sample_rate, params.decay_s, params.seed, channels=x.shape[0])
+    xp = backend.array_module(x)
+    dtype = x.dtype if x.dtype in (xp.float32, xp.float64) else xp.float64
     x = x.astype(dtype, copy=False)
     channels, n = x.shape
     h = normalize_ir(_layout(np.asarray(backend.to_host(ir), dtype=np.float64), channels))

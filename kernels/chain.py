@@ -1,0 +1,234 @@
+"""The mastering chain: stages from plain parameters, and the loudness-target loop.
+
+    EQ -> reverb -> static gain -> true-peak limiter -> dither/quantize
+
+A :class:`Stage` has ``prepare(sample_rate)``, ``__call__(x)`` and
+``latency_samples`` (every stage here compensates its own latency, so it is
+0: outputs are time-aligned with inputs). :class:`Chain` is itself a Stage.
+
+:func:`master` runs the shared stages once, then the loudness-target loop:
+gain -> limit -> quantize -> check the true peak -> measure, correcting the
+gain by the secant method until the integrated loudness (BS.1770-4) is within
+the tolerance of the target, or reporting that the target cannot be reached
+without more limiting than ``max_gain_reduction_db`` allows. The limiter's
+working ceiling is lowered by the quantizer's worst-case error, and the
+quantized output's true peak is checked (4x, and 16x near the ceiling) and
+corrected, so the delivered samples meet the ceiling, not only the floats.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+from . import backend, dither, eq, limiter, loudness, reverb
+from .params import ChainParams, DitherParams, EQParams, LimiterParams, ReverbParams
+
+
+class UnmeasurableError(ValueError):
+    """The programme has no valid integrated loudness (silence, or everything
+    below the -70 LUFS absolute gate, or shorter than one 400 ms block)."""
+
+
+class Stage:
+    """One processing step: ``prepare`` caches designs, ``__call__`` processes."""
+
+    name = "stage"
+    latency_samples = 0
+    bypass = False
+
+    def prepare(self, sample_rate: int) -> "Stage":
+        self.sample_rate = sample_rate
+        return self
+
+    def __call__(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Chain(Stage):
+    """Stages in order; a Chain is a Stage, so chains nest. Latencies add."""
+
+    name = "chain"
+
+    def __init__(self, stages):
+        self.stages = [s for s in stages if not s.bypass]
+        self.latency_samples = sum(s.latency_samples for s in self.stages)
+        self.seconds: dict[str, float] = {}
+
+    def prepare(self, sample_rate: int) -> "Chain":
+        super().prepare(sample_rate)
+        for s in self.stages:
+            s.prepare(sample_rate)
+        return self
+
+    def __call__(self, x):
+        for s in self.stages:
+            t0 = _now(x)
+            x = s(x)
+            self.seconds[s.name] = self.seconds.get(s.name, 0.0) + _now(x) - t0
+        return x
+
+
+class EQStage(Stage):
+    name = "eq"
+
+    def __init__(self, params: EQParams):
+        self.params = params
+        self.bypass = params.bypass or not params.bands
+
+    def __call__(self, x):
+        return eq.apply_eq(x, self.sample_rate, self.params)
+
+
+class ReverbStage(Stage):
+    name = "reverb"
+
+    def __init__(self, params: ReverbParams, ir=None):
+        self.params = params
+        self.ir = ir  # user IR already at the track's rate, or None for the built-in space
+        self.bypass = params.bypass
+
+    def __call__(self, x):
+        return reverb.apply_reverb(x, self.sample_rate, self.params, ir=self.ir)
+
+
+@dataclass(frozen=True)
+class MasterResult:
+    """The mastered audio and what the chain did to it."""
+
+    audio: object  # array on the input's backend, (channels, samples)
+    gain_db: float  # static gain before the limiter
+    max_gain_reduction_db: float  # deepest limiter gain reduction
+    integrated_lufs: float | None  # of the output (BS.1770-4)
+    true_peak_dbtp: float | None  # of the output, 4x oversampled
+    passes: int  # loudness-loop passes
+    reached: bool  # loudness within tolerance (True when no target is set)
+    reason: str = ""  # why not reached
+    ceiling_dbtp_used: float | None = None  # limiter working ceiling after corrections
+    stage_seconds: dict = field(default_factory=dict)
+
+
+def _now(x) -> float:
+    backend.synchronize(backend.array_module(x))
+    return time.perf_counter()
+
+
+def _db(v: float) -> float:
+    return 20.0 * math.log10(v) if v > 0 else -math.inf
+
+
+def shared_stages(params: ChainParams, ir=None) -> Chain:
+    """The stages that do not depend on the delivery target (EQ, reverb)."""
+    return Chain([EQStage(params.eq), ReverbStage(params.reverb, ir)])
+
+
+def master(x, sample_rate: int, params: ChainParams, ir=None) -> MasterResult:
+    """Master ``x`` (channels, samples; float32, NumPy or CuPy) with ``params``.
+
+    Raises :class:`UnmeasurableError` when a loudness target is set but the
+    programme has no integrated loudness (silence, fully gated out).
+    Everything bypassed returns ``x`` itself, bit for bit.
+    """
+    xp = backend.array_module(x)
+    pre = shared_stages(params, ir).prepare(sample_rate)
+    y = pre(x)
+    seconds = dict(pre.seconds)
+    result = _target_loop(xp, y, sample_rate, params, seconds)
+    return dataclasses.replace(result, stage_seconds=seconds)
+
+
+def _target_loop(xp, y, rate: int, params: ChainParams, seconds: dict) -> MasterResult:
+    lp, lim, dp = params.loudness, params.limiter, params.dither
+    quantizing = not dp.bypass and dp.bit_depth is not None
+    target = None if lp.bypass else lp.target_lufs
+    if target is None and lim.bypass and not quantizing:
+        return MasterResult(y, 0.0, 0.0, None, None, 0, True)
+
+    def timed(name, fn, *a):
+        t0 = _now(y)
+        out = fn(*a)
+        seconds[name] = seconds.get(name, 0.0) + _now(y) - t0
+        return out
+
+    gain_db = 0.0
+    if target is not None:
+        start = timed("loudness", loudness.integrated_loudness, y, rate)
+        if start is None:
+            raise UnmeasurableError(
+                "no valid integrated loudness: the programme is silent or entirely below the "
+                "-70 LUFS absolute gate (BS.1770-4), so no gain can reach the target")
+        gain_db = target - start
+
+    # Work under the ceiling by the quantizer's worst case so the PCM still meets it.
+    ceiling_lin = 10.0 ** (lim.ceiling_dbtp / 20.0)
+    margin = dither.max_error_lsb(dp) * dither.lsb(dp.bit_depth) if quantizing else 0.0
+    work_ceiling_db = _db(ceiling_lin - margin)
+
+    history: list[tuple[float, float]] = []
+    out = None
+    for npass in range(1, lp.max_passes + 1):
+        out, gr_db, work_ceiling_db = _one_pass(xp, y, rate, gain_db, params, work_ceiling_db, timed)
+        if target is None:
+            return MasterResult(out, gain_db, gr_db, None, _tp(out), npass, True,
+                                ceiling_dbtp_used=None if lim.bypass else work_ceiling_db)
+        level = timed("loudness", loudness.integrated_loudness, out, rate)
+        if level is None:  # cannot happen for a measurable input and finite gain; be explicit anyway
+            raise UnmeasurableError("the limited output has no valid integrated loudness")
+        err = target - level
+        history.append((gain_db, level))
+        if abs(err) <= lp.tolerance_lu:
+            return MasterResult(out, gain_db, gr_db, level, _tp(out), npass, True,
+                                ceiling_dbtp_used=None if lim.bypass else work_ceiling_db)
+        if err > 0 and gr_db > lp.max_gain_reduction_db:
+            reason = (f"target {target:.1f} LUFS needs more than {lp.max_gain_reduction_db:.1f} dB of "
+                      f"limiting: reached {level:.2f} LUFS with {gr_db:.1f} dB of gain reduction")
+            return MasterResult(out, gain_db, gr_db, level, _tp(out), npass, False, reason,
+                                ceiling_dbtp_used=work_ceiling_db)
+        gain_db += err / _slope(history)
+    reason = (f"loudness loop did not converge in {lp.max_passes} passes: "
+              f"{level:.2f} LUFS for a target of {target:.1f} LUFS")
+    return MasterResult(out, gain_db, gr_db, level, _tp(out), lp.max_passes, False, reason,
+                        ceiling_dbtp_used=work_ceiling_db)
+
+
+def _slope(history) -> float:
+    """dLoudness/dGain from the last two passes (secant), clamped to [0.05, 1]:
+    a limiter never makes loudness grow faster than the gain."""
+    if len(history) < 2:
+        return 1.0
+    (g0, l0), (g1, l1) = history[-2], history[-1]
+    if g1 == g0:
+        return 1.0
+    return min(1.0, max(0.05, (l1 - l0) / (g1 - g0)))
+
+
+def _one_pass(xp, y, rate, gain_db, params: ChainParams, work_ceiling_db, timed):
+    """gain -> limit -> quantize, then check-and-correct the quantized true peak."""
+    lim, dp = params.limiter, params.dither
+    g = xp.float32(10.0 ** (gain_db / 20.0))
+    gained = y * g if gain_db != 0.0 else y
+    ceiling_db = lim.ceiling_dbtp
+    for _ in range(4):
+        gr_db = 0.0
+        limited = gained
+        if not lim.bypass:
+            res = timed("limiter", limiter.limit, gained, rate,
+                        dataclasses.replace(lim, ceiling_dbtp=min(work_ceiling_db, 0.0)))
+            limited, gr_db = res.audio, res.max_gain_reduction_db
+        out = timed("dither", dither.quantize, limited, dp)
+        if lim.bypass or out is limited:
+            return out, gr_db, work_ceiling_db  # the limiter's own guarantee covers float output
+        over = timed("true_peak", loudness.true_peak_over, out, ceiling_db)
+        if over <= 0.0:
+            return out, gr_db, work_ceiling_db
+        work_ceiling_db -= over + 0.001  # the quantized peak overshot: limit a little harder
+    raise RuntimeError("true-peak ceiling could not be met after quantization (4 corrections)")
+
+
+def _tp(x) -> float | None:
+    return loudness.true_peak_dbtp(x, 4)
+
+
+__all__ = ["Chain", "Stage", "EQStage", "ReverbStage", "MasterResult", "UnmeasurableError",
+           "master", "shared_stages", "ChainParams", "DitherParams", "LimiterParams"]
