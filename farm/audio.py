@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 
@@ -74,17 +75,58 @@ def decode(path: str) -> Decoded:
     try:
         with sf.SoundFile(path, mode="r") as f:
             info = (f.samplerate, f.channels, f.format, f.subtype)
+            info_frames = f.frames  # MP3: from the Xing/VBR header, so a cut file reads short
             data = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise AudioError(f"{path}: cannot decode ({e}); supported inputs: WAV, FLAC, AIFF, OGG, MP3") from e
     rate, channels, fmt, subtype = info
     if data.shape[0] == 0:
         raise AudioError(f"{path}: holds no audio samples (empty or truncated file)")
+    if fmt in ("WAV", "AIFF"):  # exact headers
+        declared, slack = declared_frames(path, fmt), 0
+    else:  # MP3's frame count is an estimate from its VBR header: flag only a clear shortfall
+        declared, slack = info_frames, max(4608, info_frames // 100)
+    if declared is not None and data.shape[0] + slack < declared:
+        raise AudioError(f"{path}: truncated: its header declares {declared} frames but only {data.shape[0]} "
+                         "could be read; re-export or re-copy the file")
     if channels > MAX_CHANNELS:
         raise AudioError(f"{path}: {channels} channels; the farm masters mono to 7.1 (at most {MAX_CHANNELS})")
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
     return Decoded(np.ascontiguousarray(data.T), int(rate), fmt, subtype, os.path.abspath(path))
+
+
+def declared_frames(path: str, fmt: str) -> int | None:
+    """Frames a WAV or AIFF header declares (``None`` if it does not say).
+
+    libsndfile quietly shortens a cut-off WAV/AIFF to what the file holds, so
+    a truncated master source would otherwise be mastered as a shorter track.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None
+    if fmt == "WAV" and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        pos, align, size = 12, None, None
+        while pos + 8 <= len(head):
+            cid, n = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
+            if cid == b"fmt " and pos + 22 <= len(head):
+                align = struct.unpack("<H", head[pos + 20:pos + 22])[0]
+            elif cid == b"data":
+                size = n
+                break
+            pos += 8 + n + (n & 1)
+        if align and size and size != 0xFFFFFFFF:  # 0 / 0xFFFFFFFF: written by a streaming encoder
+            return size // align
+    if fmt == "AIFF" and head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        pos = 12
+        while pos + 8 <= len(head):
+            cid, n = head[pos:pos + 4], struct.unpack(">I", head[pos + 4:pos + 8])[0]
+            if cid == b"COMM" and pos + 14 <= len(head):
+                return struct.unpack(">I", head[pos + 10:pos + 14])[0] or None
+            pos += 8 + n + (n & 1)
+    return None
 
 
 def subtype_for(container: str, bit_depth: int) -> str:

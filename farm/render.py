@@ -1,0 +1,209 @@
+"""One track: decode -> chain -> quantize -> encode -> tag -> re-decode and validate.
+
+:func:`render_track` is what a Dask task runs. It never raises for a bad
+track: every problem (missing or corrupt file, silence, too short, a target
+that cannot be reached, a write that fails, a result out of spec) becomes a
+:class:`~farm.records.TrackResult` with a reason that names the file, and the
+run goes on. The input is only ever opened for reading; the output is
+written under a temporary name and renamed to its final name only once it
+has been tagged, re-decoded and validated, so a final name never holds a
+partial or out-of-spec file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import socket
+import time
+
+import numpy as np
+
+from kernels import backend
+from kernels import loudness as meter
+from kernels.chain import UnmeasurableError, master
+from kernels.params import REVERB_TYPES
+
+from . import audio, tags
+from .records import STATUS_FAILED, STATUS_OK, RenderTask, TrackResult
+
+# Validation tolerances on the re-decoded output.
+TRUE_PEAK_SLACK_DB = 0.0  # the ceiling is a hard limit
+PYLOUDNORM_AGREEMENT_LU = 0.2  # our meter vs pyloudnorm on the delivered file
+
+
+def _round(v, nd=2):
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(float(v), nd)
+
+
+def _stats(x, rate) -> dict:
+    s = meter.measure(x, rate)
+    return {
+        "integrated_lufs": _round(s.integrated_lufs),
+        "loudness_range_lu": _round(s.loudness_range_lu),
+        "true_peak_dbtp": _round(s.true_peak_dbtp),
+        "max_momentary_lufs": _round(s.max_momentary_lufs),
+        "max_short_term_lufs": _round(s.max_short_term_lufs),
+        "sample_peak_dbfs": _round(s.sample_peak_dbfs),
+    }
+
+
+def _fail(task: RenderTask, reason: str, timings: dict, **kw) -> TrackResult:
+    return TrackResult(row=task.track.row, source=task.track.source, status=STATUS_FAILED,
+                       reason=reason, preset=task.preset, timings=timings,
+                       worker=socket.gethostname(), **kw)
+
+
+def _load_ir(task: RenderTask, rate: int):
+    """A user impulse response from a file, resampled to the track's rate (None for built-ins)."""
+    rv = task.chain.reverb
+    if rv.bypass or rv.ir in REVERB_TYPES:
+        return None
+    path = rv.ir
+    if not os.path.isabs(path):
+        for d in task.ir_search_dirs:
+            if os.path.exists(os.path.join(d, path)):
+                path = os.path.join(d, path)
+                break
+    try:
+        ir = audio.decode(path)
+    except audio.AudioError as e:
+        raise audio.AudioError(f"impulse response {e}") from e
+    from kernels.reverb import resample_ir
+
+    return resample_ir(ir.audio.astype(np.float64), ir.sample_rate, rate)
+
+
+def render_track(task: RenderTask) -> TrackResult:
+    """Master one track as ``task`` says; always returns a record."""
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    src = task.track.source
+    try:
+        return _render(task, timings, t_start)
+    except audio.AudioError as e:
+        return _fail(task, str(e), timings)
+    except UnmeasurableError as e:
+        return _fail(task, f"{src}: {e}", timings)
+    except MemoryError:
+        return _fail(task, f"{src}: out of memory while rendering", timings)
+    except Exception as e:  # a bug must not take the catalog down: report it on the track
+        return _fail(task, f"{src}: internal error {type(e).__name__}: {e}", timings)
+
+
+def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
+    src = task.track.source
+    out_spec = task.output
+
+    def lap(name, t0):
+        timings[name] = round(time.perf_counter() - t0, 4)
+        return time.perf_counter()
+
+    t = time.perf_counter()
+    dec = audio.decode(src)
+    t = lap("decode", t)
+    if dec.duration_s < audio.MIN_SECONDS:
+        raise audio.AudioError(f"{src}: {dec.duration_s * 1000:.0f} ms long; BS.1770 loudness needs at "
+                               f"least {audio.MIN_SECONDS * 1000:.0f} ms (one gating block)")
+    before = _stats(dec.audio, dec.sample_rate)
+    t = lap("measure_input", t)
+    if before["integrated_lufs"] is None:
+        raise UnmeasurableError("silent (nothing above the -70 LUFS absolute gate): nothing to master")
+
+    rate = out_spec.sample_rate or dec.sample_rate
+    bit_depth = out_spec.bit_depth or dec.native_bit_depth
+    x = audio.resample(dec.audio, dec.sample_rate, rate)
+    t = lap("resample", t)
+
+    name = backend.resolve(task.backend)
+    chain = dataclasses.replace(task.chain, dither=dataclasses.replace(task.chain.dither, bit_depth=bit_depth))
+    target = task.track.target_lufs
+    if target is not None:
+        chain = dataclasses.replace(chain, loudness=dataclasses.replace(chain.loudness, target_lufs=target))
+    ir = _load_ir(task, rate)
+    dev = backend.to_device(x, name)
+    t = lap("upload", t)
+    res = master(dev, rate, chain, ir=ir)
+    mastered = backend.to_host(res.audio)
+    t = lap("chain", t)
+    timings.update({f"chain_{k}": round(v, 4) for k, v in res.stage_seconds.items()})
+
+    final = task.out_path
+    with audio.atomic_output(final) as tmp:
+        audio.encode(tmp, mastered, rate, out_spec.format, bit_depth)
+        t = lap("encode", t)
+        loud_tags = {"integrated_lufs": res.integrated_lufs, "true_peak_dbtp": res.true_peak_dbtp}
+        tags.write_tags(tmp, task.track.tags, loudness=loud_tags)
+        t = lap("tag", t)
+        check = audio.decode(tmp)
+        after = _stats(check.audio, check.sample_rate)
+        checks, problems = _validate(task, dec, check, after, rate, bit_depth)
+        read_back = tags.read_tags(tmp)
+        tag_ok = all(read_back.get(k) == v for k, v in task.track.tags.items() if v)
+        checks["tags"] = tag_ok
+        if not tag_ok:
+            missing = [k for k, v in task.track.tags.items() if v and read_back.get(k) != v]
+            problems.append(f"tags did not read back: {', '.join(missing)}")
+        if not res.reached:
+            problems.insert(0, res.reason)
+        t = lap("validate", t)
+        result_kw = dict(input=before, result=after, gain_db=_round(res.gain_db),
+                         max_gain_reduction_db=_round(res.max_gain_reduction_db), checks=checks,
+                         backend=name)
+        if problems:
+            timings["total"] = round(time.perf_counter() - t_start, 4)
+            return _fail(task, f"{src}: " + "; ".join(problems) + " (no master written)", timings, **result_kw)
+        audio.commit(tmp, final)
+    timings["total"] = round(time.perf_counter() - t_start, 4)
+    return TrackResult(row=task.track.row, source=src, status=STATUS_OK, output=final, preset=task.preset,
+                       timings=timings, worker=f"{socket.gethostname()}/{platform.node()}"[:80],
+                       **result_kw)
+
+
+def _validate(task: RenderTask, dec, check, after: dict, rate: int, bit_depth: int):
+    """Delivery checks on the re-decoded master: (checks by name, problems as text)."""
+    d = task.delivery
+    target = task.track.target_lufs if task.track.target_lufs is not None else d.target_lufs
+    problems: list[str] = []
+    checks: dict[str, bool] = {}
+    lufs = after["integrated_lufs"]
+    if target is not None:
+        checks["loudness"] = lufs is not None and abs(lufs - target) <= d.tolerance_lu
+        if not checks["loudness"]:
+            problems.append(f"integrated loudness {lufs} LUFS is outside {target} +/- {d.tolerance_lu} LU")
+        if check.channels <= 5:  # pyloudnorm refuses more than 5 channels
+            pln = _pyloudnorm(check.audio, check.sample_rate)
+            after["pyloudnorm_lufs"] = _round(pln)
+            checks["loudness_cross_check"] = bool(pln is not None and lufs is not None
+                                                   and abs(pln - lufs) <= PYLOUDNORM_AGREEMENT_LU)
+            if not checks["loudness_cross_check"]:
+                problems.append(f"meters disagree: ours {lufs} LUFS, pyloudnorm {_round(pln)} LUFS")
+    tp = after["true_peak_dbtp"]
+    checks["true_peak"] = tp is None or tp <= d.max_true_peak_dbtp + TRUE_PEAK_SLACK_DB + 1e-9
+    if not checks["true_peak"]:
+        problems.append(f"true peak {tp} dBTP is over the {d.max_true_peak_dbtp} dBTP ceiling")
+    want_frames = round(dec.frames * rate / dec.sample_rate)
+    extra = 0 if task.chain.reverb.bypass or task.chain.reverb.tail == "trim" else None
+    checks["duration"] = extra is None or abs(check.frames - want_frames) <= 1
+    if not checks["duration"]:
+        problems.append(f"duration {check.frames} samples, expected {want_frames}")
+    checks["format"] = bool(check.sample_rate == rate and check.channels == dec.channels)
+    if not checks["format"]:
+        problems.append(f"wrote {check.channels} ch at {check.sample_rate} Hz, expected "
+                        f"{dec.channels} ch at {rate} Hz")
+    after.update(sample_rate=check.sample_rate, channels=check.channels, bit_depth=bit_depth,
+                 duration_s=round(check.duration_s, 3), format=task.output.format)
+    return checks, problems
+
+
+def _pyloudnorm(x: np.ndarray, rate: int) -> float | None:
+    """Integrated loudness by pyloudnorm (the independent second meter), None if it has none."""
+    import pyloudnorm
+
+    m = pyloudnorm.Meter(rate, filter_class="DeMan")
+    try:
+        v = m.integrated_loudness(x.T.astype(np.float64))
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
