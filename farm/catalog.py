@@ -60,6 +60,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import presets as _presets
@@ -412,13 +413,33 @@ def check_sources(tracks: Iterable[TrackSpec]) -> dict[int, str]:
     return out
 
 
-def load_catalog(path: str | os.PathLike, *, require_files: bool = False) -> list[TrackSpec]:
+@dataclass(frozen=True)
+class RejectedRow:
+    """A catalog row with metadata problems, set aside so the rest can render.
+
+    ``source``: the row's audio path as resolved ("" if the cell is empty);
+    ``problems``: one self-contained line each, naming file, row and field.
+    """
+
+    row: int
+    source: str
+    problems: tuple[str, ...]
+
+
+def load_catalog(path: str | os.PathLike, *, require_files: bool = False,
+                 rejected: list[RejectedRow] | None = None) -> list[TrackSpec]:
     """Read and validate a CSV or JSON catalog; every problem comes in one ConfigError.
 
     ``.json`` files are JSON, anything else is CSV. Rows keep their catalog
     order. With ``require_files=True`` a missing or unreadable audio file is a
     config error too (by default it fails that track alone at render time; see
     :func:`check_sources`).
+
+    ``rejected``: a list to collect rows with problems of their own (a bad
+    ISRC, date, number, target or preset, an empty or duplicate ``file``)
+    as :class:`RejectedRow` instead of raising for them, so a render can fail
+    those rows alone and master the rest. Problems of the file itself (not
+    found, unreadable, unknown columns, malformed lines, no rows) still raise.
     """
     path = os.fspath(path)
     display = display_path(path)
@@ -436,22 +457,27 @@ def load_catalog(path: str | os.PathLike, *, require_files: bool = False) -> lis
     tracks: list[TrackSpec] = []
     first_row: dict[str, _Row] = {}
     for row in rows:
-        t = _validate_row(row, base_dir, problems, check)
+        row_problems = Problems()
+        t = _validate_row(row, base_dir, row_problems, check)
         cell = str(row.values.get(SOURCE, "") or "").strip()
+        src = _source_path(cell, base_dir) if cell else ""
         if cell:
-            src = _source_path(cell, base_dir)
             key = os.path.normcase(os.path.realpath(src))
             if key in first_row:
-                problems.add(f"{row.where}, {row.field(SOURCE)}: {src} is already row {first_row[key].number}; "
-                             "each input file may appear once")
-                continue
-            first_row[key] = row
-        if t is None:
-            continue
-        if require_files:
+                row_problems.add(f"{row.where}, {row.field(SOURCE)}: {src} is already row "
+                                 f"{first_row[key].number}; each input file may appear once")
+            else:
+                first_row[key] = row
+        if t is not None and require_files:
             reason = source_problem(t)
             if reason:
-                problems.add(f"{row.where}, {row.field(SOURCE)}: {reason}")
+                row_problems.add(f"{row.where}, {row.field(SOURCE)}: {reason}")
+        if row_problems:
+            if rejected is None:
+                problems.extend(row_problems.items)
+            else:
+                rejected.append(RejectedRow(row.number, src, tuple(row_problems.items)))
+            continue
         tracks.append(t)
     problems.raise_if_any()
     return tracks

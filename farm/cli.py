@@ -19,6 +19,9 @@ from enum import IntEnum
 # defines ``add_parser(subparsers, parents)``; keep heavy imports (dask, ...)
 # inside its handler so ``farm --help`` stays fast.
 COMMANDS = (
+    "farm.cmd_render",
+    "farm.demo",
+    "farm.cmd_presets",
     "farm.measure",
 )
 

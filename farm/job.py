@@ -77,6 +77,8 @@ class Job:
     output: Mapping[str, Any] = field(default_factory=dict)  # the job's [output] table (applies to every track)
     description: str = ""
     origin: str = field(default="command line", repr=False, compare=False)  # for messages
+    # catalog rows set aside for their own metadata problems (keep_going=True): they fail alone
+    rejected: tuple[_catalog.RejectedRow, ...] = ()
 
     def tasks(self) -> list[RenderTask]:
         """One :class:`~farm.records.RenderTask` per catalog row, in catalog order.
@@ -152,7 +154,7 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
               origin: str,
               output: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None, backend: Any,
               scheduler: Any, path: str | None, description: str, require_files: bool,
-              problems: Problems) -> Job:
+              problems: Problems, keep_going: bool = False) -> Job:
     """Load preset and catalog, collecting their problems with the job's own; build and validate the Job."""
     preset = None
     if preset_ref is not None:
@@ -163,9 +165,10 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
         except ConfigError as e:
             problems.extend(e)
     tracks: list[TrackSpec] = []
+    rejected: list[_catalog.RejectedRow] | None = [] if keep_going else None
     if catalog_path is not None:
         try:
-            tracks = _catalog.load_catalog(catalog_path, require_files=require_files)
+            tracks = _catalog.load_catalog(catalog_path, require_files=require_files, rejected=rejected)
         except ConfigError as e:
             problems.extend(e)
     backend = _check_backend(backend, origin, problems)
@@ -179,13 +182,17 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
     assert preset is not None and catalog_path is not None
     job = Job(catalog=os.path.abspath(catalog_path), tracks=tuple(tracks), preset=preset, output_dir=out_dir,
               backend=backend, scheduler=scheduler, path=path, output=dict(output or {}),
-              description=description, origin=origin)
+              description=description, origin=origin, rejected=tuple(rejected or ()))
     job.tasks()  # validates every track's merged settings and output name
     return job
 
 
-def load_job(path: str | os.PathLike, *, require_files: bool = False) -> Job:
-    """Read and validate a job file (TOML); every problem comes in one ConfigError."""
+def load_job(path: str | os.PathLike, *, require_files: bool = False, keep_going: bool = False) -> Job:
+    """Read and validate a job file (TOML); every problem comes in one ConfigError.
+
+    ``keep_going``: catalog rows with problems of their own go to
+    :attr:`Job.rejected` (to fail alone) instead of into the ConfigError.
+    """
     path = os.path.abspath(os.fspath(path))
     where = display_path(path)
     try:
@@ -229,7 +236,8 @@ def load_job(path: str | os.PathLike, *, require_files: bool = False) -> Job:
     return _assemble(catalog_path=cat, preset_ref=text("preset"), output_dir=text("output_dir"), base_dir=base,
                      origin=where, output=table("output"), overrides=table("overrides"),
                      backend=text("backend") or "auto", scheduler=text("scheduler"), path=path,
-                     description=text("description") or "", require_files=require_files, problems=problems)
+                     description=text("description") or "", require_files=require_files, problems=problems,
+                     keep_going=keep_going)
 
 
 _REQUIRED_HELP = {
@@ -243,7 +251,7 @@ def job_from_flags(catalog: str | os.PathLike, preset: str, output_dir: str | os
                    format: str | None = None, bit_depth: int | None = None, sample_rate: int | None = None,
                    naming: str | None = None, target_lufs: float | None = None,
                    overrides: Mapping[str, Any] | None = None, backend: str = "auto",
-                   scheduler: str | None = None, require_files: bool = False) -> Job:
+                   scheduler: str | None = None, require_files: bool = False, keep_going: bool = False) -> Job:
     """The :class:`Job` for ``farm render CATALOG --preset P -o DIR [...]``.
 
     Relative paths resolve against the working folder. ``format``,
@@ -261,4 +269,4 @@ def job_from_flags(catalog: str | os.PathLike, preset: str, output_dir: str | os
     return _assemble(catalog_path=os.path.abspath(os.fspath(catalog)), preset_ref=preset,
                      output_dir=os.fspath(output_dir), base_dir=os.getcwd(), origin="command line",
                      output=output, overrides=merged, backend=backend, scheduler=scheduler, path=None,
-                     description="", require_files=require_files, problems=Problems())
+                     description="", require_files=require_files, problems=Problems(), keep_going=keep_going)

@@ -1,0 +1,118 @@
+"""``farm render``: a job file, or a catalog with flags, into validated masters.
+
+::
+
+    farm render JOB.toml [--scheduler ADDR] [--force]
+    farm render CATALOG.csv --preset streaming -o masters/ [--format wav --bit-depth 24 ...]
+
+Everything the user wrote (job, preset, overrides, catalog) is validated
+before anything renders. Problems of the files themselves stop the run
+(exit 2). A catalog row with problems of its own (a bad ISRC, an unknown
+preset, ...) is listed up front and fails alone while the rest render,
+unless ``--strict`` asks to stop on any problem. Exit status: 0 when every
+row passed, 3 when any failed, 2 for a configuration that cannot run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from .errors import ConfigError
+
+
+def add_parser(subparsers, parents=()):
+    p = subparsers.add_parser(
+        "render", parents=list(parents),
+        help="master a catalog: a job file, or a catalog with --preset and -o",
+        description="Master every track of a catalog on a Dask cluster (embedded by default): EQ, reverb, "
+                    "loudness target by static gain plus true-peak limiter, dither, encode, tag, then "
+                    "re-decode and validate each master. Writes the masters, report.json, report.csv and a "
+                    "journal into the output folder; a rerun renders only new, changed or failed tracks.")
+    p.add_argument("source", metavar="JOB_OR_CATALOG",
+                   help="a job file (.toml), or a catalog (.csv/.json) used with --preset and -o")
+    p.add_argument("--preset", help="preset name (see `farm presets`) or .toml path (catalog form)")
+    p.add_argument("-o", "--output-dir", help="folder for masters and reports (catalog form)")
+    p.add_argument("--format", choices=("flac", "wav", "aiff"), help="output container (catalog form)")
+    p.add_argument("--bit-depth", type=int, choices=(16, 24), help="output bit depth (default: the input's)")
+    p.add_argument("--sample-rate", type=int, help="output sample rate in Hz (default: the input's)")
+    p.add_argument("--naming", help="output file-name pattern, e.g. '{track_number:02d} - {title}'")
+    p.add_argument("--target-lufs", type=float, help="override the preset's integrated loudness target (LUFS)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="an existing Dask scheduler (tcp://host:8786) instead of the embedded cluster")
+    p.add_argument("--backend", choices=("auto", "cpu", "gpu"),
+                   help="auto (GPU when CuPy sees one), cpu or gpu (default: the job's, else auto)")
+    p.add_argument("--workers", type=int, metavar="N", help="embedded cluster: number of worker processes")
+    p.add_argument("--threads-per-worker", type=int, metavar="N", help="embedded cluster: threads per worker")
+    p.add_argument("--force", action="store_true", help="render every track again, ignoring the journal")
+    p.add_argument("--strict", action="store_true",
+                   help="stop before rendering if any catalog row has a problem (default: those rows fail alone)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run)
+    return p
+
+
+_CATALOG_ONLY = ("preset", "output_dir", "format", "bit_depth", "sample_rate", "naming", "target_lufs")
+
+
+def load(args):
+    """The Job the arguments describe (raises ConfigError listing every problem)."""
+    from .job import job_from_flags, load_job
+
+    keep_going = not args.strict
+    if args.source.lower().endswith(".toml"):
+        given = [f"--{k.replace('_', '-')}" for k in _CATALOG_ONLY if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(f"{args.source}: a job file sets the preset, output folder and output format "
+                              f"itself; {', '.join(given)} only go with a catalog (or edit the job file)")
+        return load_job(args.source, keep_going=keep_going)
+    missing = [flag for flag, v in (("--preset", args.preset), ("-o/--output-dir", args.output_dir)) if not v]
+    if missing:
+        raise ConfigError(f"{args.source}: rendering a catalog needs {' and '.join(missing)} "
+                          "(or pass a job file ending in .toml)")
+    return job_from_flags(args.source, args.preset, args.output_dir, format=args.format, bit_depth=args.bit_depth,
+                          sample_rate=args.sample_rate, naming=args.naming, target_lufs=args.target_lufs,
+                          keep_going=keep_going)
+
+
+def run(args, stdout=None, stderr=None) -> int:
+    from .cli import ExitStatus
+
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    try:
+        job = load(args)
+    except ConfigError as e:
+        print(f"farm render: {e}", file=err)
+        print("farm render: nothing was rendered; fix the above and run again", file=err)
+        return ExitStatus.USAGE
+    return render_and_summarise(job, args, out, err)
+
+
+def render_and_summarise(job, args, out, err) -> int:
+    """Render ``job``, print problems up front and the summary table after; return the exit status."""
+    from .catalog import check_sources
+    from .cli import ExitStatus
+    from .cluster import ClusterError
+    from .pipeline import render_job
+    from .report import summary_table
+
+    for r in job.rejected:
+        for line in r.problems:
+            print(f"farm render: {line} (this row will not render)", file=err)
+    for row, reason in sorted(check_sources(job.tracks).items()):
+        print(f"farm render: row {row}: {reason} (this track will fail)", file=err)
+    try:
+        outcome = render_job(job, force=getattr(args, "force", False), scheduler=getattr(args, "scheduler", None),
+                             backend=getattr(args, "backend", None), n_workers=getattr(args, "workers", None),
+                             threads_per_worker=getattr(args, "threads_per_worker", None),
+                             progress=not getattr(args, "no_progress", False),
+                             log=lambda line: print(f"farm render: {line}", file=err, flush=True))
+    except ClusterError as e:
+        print(f"farm render: {e}", file=err)
+        return ExitStatus.USAGE
+    titles = {t.row: t.tags.get("title", "") for t in job.tracks}
+    print(summary_table(outcome.results, titles=titles), file=out)
+    took = f" in {outcome.wall_s:.1f} s" if outcome.rendered else ""
+    print(f"masters and reports in {os.path.relpath(job.output_dir)}{took} "
+          f"({outcome.rendered} rendered, {outcome.skipped} unchanged since the last run"
+          + (f", {outcome.rejected} rows set aside" if outcome.rejected else "") + ")", file=out)
+    return ExitStatus.SUCCESS if outcome.exit_code == 0 else ExitStatus.INPUT_ERROR

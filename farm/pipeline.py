@@ -1,0 +1,107 @@
+"""A whole job, end to end: plan against the journal, render on Dask, report.
+
+:func:`render_job` is what ``farm render`` and ``farm demo`` run:
+
+1. the job's tasks (already validated when the job was loaded);
+2. the journal in the output folder splits them into *to render* and
+   *done earlier* (same input bytes, same settings, master still intact);
+   ``force=True`` renders everything;
+3. only if something is left, a cluster: the embedded ``LocalCluster`` or
+   the scheduler the job or caller names; one task per track, paths and
+   settings only, each result journaled as it lands;
+4. ``report.json`` / ``report.csv`` covering *every* catalog row: rendered
+   now, done earlier (from the journal), or set aside for metadata problems.
+
+The exit code is 0 only if every row passed.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TextIO
+
+from . import report
+from .catalog import RejectedRow
+from .job import Job
+from .journal import Journal, task_key
+from .records import STATUS_FAILED, TrackResult
+from .runner import plan, run_tasks
+
+
+@dataclass
+class RunOutcome:
+    """What one ``farm render`` did."""
+
+    results: list[TrackResult]  # every catalog row, in row order
+    rendered: int  # tracks rendered in this run (passed or failed)
+    skipped: int  # tracks done by an earlier run and left alone
+    rejected: int  # rows set aside for their own metadata problems
+    reports: report.ReportPaths | None = None
+    cluster: Any = None  # farm.cluster.ClusterInfo, or None when nothing needed rendering
+    wall_s: float = 0.0
+    job_info: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return report.exit_code(self.results)
+
+    @property
+    def failed(self) -> list[TrackResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def rejected_result(row: RejectedRow, preset: str) -> TrackResult:
+    """The failure record of a catalog row that was set aside before rendering."""
+    return TrackResult(row=row.row, source=row.source, status=STATUS_FAILED,
+                       reason="; ".join(row.problems) + " (row not rendered: fix the catalog and run again)",
+                       preset=preset)
+
+
+def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, backend: str | None = None,
+               n_workers: int | None = None, threads_per_worker: int | None = None, dashboard: bool | str = True,
+               progress: bool | TextIO = True, log: Callable[[str], None] | None = None,
+               task_fn: Callable | None = None) -> RunOutcome:
+    """Render ``job`` (see the module docstring); never raises for a bad track.
+
+    ``scheduler``/``backend`` override the job's; ``log`` receives one line
+    per step (cluster, plan); ``task_fn`` replaces :func:`farm.render.render_track`
+    (for benchmarks that time the codec floor through the same cluster path).
+    Raises :class:`farm.cluster.ClusterError` when the cluster cannot be
+    reached, :class:`farm.journal.JournalError` for an unusable journal.
+    """
+    from .cluster import open_client
+
+    say = log or (lambda line: None)
+    started = time.time()
+    t0 = time.perf_counter()
+    tasks = job.tasks()
+    os.makedirs(job.output_dir, exist_ok=True)
+    scheduler = scheduler or job.scheduler
+    backend = backend or job.backend
+    info = None
+    with Journal(job.output_dir) as journal:
+        is_done = None if force else (lambda t: journal.is_done(t, journal.input_hash(t.track.source)))
+        work = plan(tasks, is_done)
+        earlier = {r.row: r for r in journal.results([task_key(t) for t in work.done])}
+        say(f"{len(tasks) + len(job.rejected)} catalog rows: {len(work.todo)} to render, "
+            f"{len(work.done)} done by an earlier run"
+            + (f", {len(job.rejected)} set aside for catalog problems" if job.rejected else ""))
+        fresh: list[TrackResult] = []
+        if work.todo:
+            with open_client(scheduler, backend, n_workers, threads_per_worker, dashboard) as (client, info):
+                say(info.describe())
+                fresh = run_tasks(client, work.todo, task_fn=task_fn, journal=journal, progress=progress)
+    results = sorted(fresh + [earlier[t.track.row] for t in work.done if t.track.row in earlier]
+                     + [rejected_result(r, job.preset.name) for r in job.rejected], key=lambda r: r.row)
+    wall = time.perf_counter() - t0
+    job_info = {
+        "job": job.path, "catalog": job.catalog, "preset": job.preset.name, "output_dir": job.output_dir,
+        "backend": backend, "scheduler": scheduler, "force": force, "started": started,
+        "finished": time.time(), "rendered": len(fresh), "skipped": len(work.done), "rejected": len(job.rejected),
+        "cluster": info.to_dict() if info is not None else None,
+    }
+    titles = {t.row: t.tags.get("title", "") for t in job.tracks}
+    paths = report.write_reports(results, job.output_dir, job_info, titles=titles)
+    return RunOutcome(results=results, rendered=len(fresh), skipped=len(work.done), rejected=len(job.rejected),
+                      reports=paths, cluster=info, wall_s=wall, job_info=job_info)
