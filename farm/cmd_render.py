@@ -112,7 +112,8 @@ def render_and_summarise(job, args, out, err) -> int:
     titles = {t.row: t.tags.get("title", "") for t in job.tracks}
     print(summary_table(outcome.results, titles=titles), file=out)
     took = f" in {outcome.wall_s:.1f} s" if outcome.rendered else ""
-    print(f"masters and reports in {os.path.relpath(job.output_dir)}{took} "
+    rel = os.path.relpath(job.output_dir)
+    print(f"masters and reports in {job.output_dir if rel.startswith('..') else rel}{took} "
           f"({outcome.rendered} rendered, {outcome.skipped} unchanged since the last run"
           + (f", {outcome.rejected} rows set aside" if outcome.rejected else "") + ")", file=out)
     return ExitStatus.SUCCESS if outcome.exit_code == 0 else ExitStatus.INPUT_ERROR

@@ -40,6 +40,25 @@ DEMO_TRACKS = (
 ARTIST, ALBUM, YEAR = "The Synthetic Ensemble", "Demo Sessions", "2026"
 
 
+# Section levels (dB) of an arrangement, 8 bars each: intro, verse, chorus, verse, chorus, bridge, ...
+SECTION_DB = (-8.0, -5.0, 0.0, -5.0, 0.0, -10.0, -2.0, 0.0)
+
+
+def arrange(x: np.ndarray, rate: int, bpm: float, bars: int = 8) -> np.ndarray:
+    """Give a loop an arrangement's dynamics: 8-bar sections at :data:`SECTION_DB`
+    with 0.5 s crossfades, peak kept where it was. A flat loop has a loudness
+    range under 1 LU; this gives a few LU, as real mixes have."""
+    section = int(round(bars * 4 * 60.0 / bpm * rate))
+    n = x.shape[-1]
+    level = np.array([SECTION_DB[k % len(SECTION_DB)] for k in range(n // section + 1)])
+    gain_db = np.repeat(level, section)[:n]
+    ramp = max(1, int(0.5 * rate))
+    gain_db = np.convolve(np.pad(gain_db, (ramp // 2, ramp - ramp // 2 - 1), mode="edge"),
+                          np.ones(ramp) / ramp, mode="valid")
+    y = x * 10.0 ** (gain_db / 20.0)
+    return y * (np.abs(x).max() / np.abs(y).max())
+
+
 def make_catalog(folder: str, tracks=DEMO_TRACKS, seed: int = 2026) -> str:
     """Write the demo tracks and ``catalog.csv`` into ``folder``; return the catalog path."""
     os.makedirs(folder, exist_ok=True)
@@ -47,6 +66,7 @@ def make_catalog(folder: str, tracks=DEMO_TRACKS, seed: int = 2026) -> str:
     for i, t in enumerate(tracks, start=1):
         name = f"{i:02d}_{t.title.lower().replace(' ', '_')}.{t.ext}"
         x = music(t.seconds, t.rate, channels=2, seed=seed + i, bpm=t.bpm, peak_dbfs=t.peak_dbfs)
+        x = arrange(x, t.rate, t.bpm)
         sf.write(os.path.join(folder, name), np.ascontiguousarray(x.T), t.rate, subtype=t.subtype)
         rows.append({
             "file": name, "title": t.title, "artist": ARTIST, "album": ALBUM, "album_artist": ARTIST,
