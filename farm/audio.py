@@ -72,13 +72,24 @@ def decode(path: str) -> Decoded:
         raise AudioError(f"{path}: no such file")
     if not os.path.isfile(path):
         raise AudioError(f"{path}: not a regular file")
+    if os.path.getsize(path) == 0:
+        # libsndfile only says "Format not recognised" for a 0-byte file; say what it is.
+        raise AudioError(f"{path}: cannot decode: empty file (0 bytes); re-export or re-copy the file")
+    errors = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
     try:
-        with sf.SoundFile(path, mode="r") as f:
+        f = sf.SoundFile(path, mode="r")
+    except errors as e:
+        raise AudioError(f"{path}: cannot decode ({e}); supported inputs: WAV, FLAC, AIFF, OGG, MP3") from e
+    # The header opened, so a failure now is in the audio data: a cut-off FLAC,
+    # for one, only makes libsndfile report "flac decoder lost sync".
+    try:
+        with f:
             info = (f.samplerate, f.channels, f.format, f.subtype)
             info_frames = f.frames  # MP3: from the Xing/VBR header, so a cut file reads short
             data = f.read(dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"{path}: cannot decode ({e}); supported inputs: WAV, FLAC, AIFF, OGG, MP3") from e
+    except errors as e:
+        raise AudioError(f"{path}: cannot decode: the audio data is damaged or truncated ({e}); "
+                         "re-export or re-copy the file") from e
     rate, channels, fmt, subtype = info
     if data.shape[0] == 0:
         raise AudioError(f"{path}: holds no audio samples (empty or truncated file)")

@@ -55,11 +55,19 @@ def _fail(task: RenderTask, reason: str, timings: dict, **kw) -> TrackResult:
                        worker=socket.gethostname(), **kw)
 
 
-def _load_ir(task: RenderTask, rate: int):
-    """A user impulse response from a file, resampled to the track's rate (None for built-ins)."""
+def _load_ir(task: RenderTask, rate: int, channels: int):
+    """A user impulse response from a file, resampled to the track's rate (None for built-ins).
+
+    Every problem with the IR file (missing, undecodable, silent, a channel
+    layout that does not fit the track) is an AudioError naming both the track
+    and the IR: before, a missing IR's reason did not name the track, and a
+    silent or ill-fitting IR only surfaced inside the chain as an "internal
+    error" that did not name the IR file.
+    """
     rv = task.chain.reverb
     if rv.bypass or rv.ir in REVERB_TYPES:
         return None
+    src = task.track.source
     path = rv.ir
     if not os.path.isabs(path):
         for d in task.ir_search_dirs:
@@ -69,10 +77,15 @@ def _load_ir(task: RenderTask, rate: int):
     try:
         ir = audio.decode(path)
     except audio.AudioError as e:
-        raise audio.AudioError(f"impulse response {e}") from e
-    from kernels.reverb import resample_ir
+        raise audio.AudioError(f"{src}: reverb impulse response {e}") from e
+    from kernels.reverb import _layout, normalize_ir, resample_ir
 
-    return resample_ir(ir.audio.astype(np.float64), ir.sample_rate, rate)
+    h = resample_ir(ir.audio.astype(np.float64), ir.sample_rate, rate)
+    try:
+        normalize_ir(_layout(h, channels))  # what apply_reverb will do with it
+    except ValueError as e:
+        raise audio.AudioError(f"{src}: reverb impulse response {path}: {e}") from e
+    return h
 
 
 def render_track(task: RenderTask) -> TrackResult:
@@ -83,11 +96,16 @@ def render_track(task: RenderTask) -> TrackResult:
     try:
         return _render(task, timings, t_start)
     except audio.AudioError as e:
-        return _fail(task, str(e), timings)
+        # Errors from the encode and tag steps name the temporary file, not the
+        # track: the reason must always name the track's input file.
+        reason = str(e)
+        return _fail(task, reason if reason.startswith(src) else f"{src}: {reason}", timings)
     except UnmeasurableError as e:
         return _fail(task, f"{src}: {e}", timings)
     except MemoryError:
         return _fail(task, f"{src}: out of memory while rendering", timings)
+    except OSError as e:  # the output folder cannot be made, the disk is full, ...: not an "internal error"
+        return _fail(task, f"{src}: cannot write the master {task.out_path} ({e})", timings)
     except Exception as e:  # a bug must not take the catalog down: report it on the track
         return _fail(task, f"{src}: internal error {type(e).__name__}: {e}", timings)
 
@@ -100,6 +118,12 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
         timings[name] = round(time.perf_counter() - t0, 4)
         return time.perf_counter()
 
+    final = task.out_path
+    # A task built by hand (not through farm.job, which checks this) may name the
+    # input itself as its output; the rename would then replace the input.
+    if os.path.exists(final) and os.path.exists(src) and os.path.samefile(final, src):
+        raise audio.AudioError(f"{src}: the output path {final} is the input file itself; a master never "
+                               "overwrites its input, write to another folder")
     t = time.perf_counter()
     dec = audio.decode(src)
     t = lap("decode", t)
@@ -121,7 +145,7 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
     target = task.track.target_lufs
     if target is not None:
         chain = dataclasses.replace(chain, loudness=dataclasses.replace(chain.loudness, target_lufs=target))
-    ir = _load_ir(task, rate)
+    ir = _load_ir(task, rate, dec.channels)
     dev = backend.to_device(x, name)
     t = lap("upload", t)
     res = master(dev, rate, chain, ir=ir)
@@ -129,7 +153,6 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
     t = lap("chain", t)
     timings.update({f"chain_{k}": round(v, 4) for k, v in res.stage_seconds.items()})
 
-    final = task.out_path
     with audio.atomic_output(final) as tmp:
         audio.encode(tmp, mastered, rate, out_spec.format, bit_depth)
         t = lap("encode", t)
