@@ -7,13 +7,14 @@ A :class:`Stage` has ``prepare(sample_rate)``, ``__call__(x)`` and
 0: outputs are time-aligned with inputs). :class:`Chain` is itself a Stage.
 
 :func:`master` runs the shared stages once, then the loudness-target loop:
-gain -> limit -> quantize -> check the true peak -> measure, correcting the
-gain by the secant method until the integrated loudness (BS.1770-4) is within
-the tolerance of the target, or reporting that the target cannot be reached
-without more limiting than ``max_gain_reduction_db`` allows. The limiter's
-working ceiling is lowered by the quantizer's worst-case error, and the
-quantized output's true peak is checked (4x, and 16x near the ceiling) and
-corrected, so the delivered samples meet the ceiling, not only the floats.
+gain -> limit -> measure, correcting the gain by the secant method until the
+integrated loudness (BS.1770-4) is within the tolerance of the target, or
+reporting that the target cannot be reached without more limiting than
+``max_gain_reduction_db`` allows; then dither/quantize once. The limiter's
+working ceiling is lowered by the quantizer's worst-case error times the
+interpolator's peak gain (:func:`kernels.oversample.peak_gain`), so the
+quantized samples meet the ceiling at any oversampling, not only the floats;
+the output's 4x true peak is measured and checked.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from . import backend, dither, eq, limiter, loudness, reverb
+from . import backend, dither, eq, limiter, loudness, oversample, reverb
 from .params import ChainParams, DitherParams, EQParams, LimiterParams, ReverbParams
 
 
@@ -100,7 +101,7 @@ class MasterResult:
     audio: object  # array on the input's backend, (channels, samples)
     gain_db: float  # static gain before the limiter
     max_gain_reduction_db: float  # deepest limiter gain reduction
-    integrated_lufs: float | None  # of the output (BS.1770-4)
+    integrated_lufs: float | None  # of the limited output before dither (BS.1770-4; dither moves it < 0.001 LU)
     true_peak_dbtp: float | None  # of the output, 4x oversampled
     passes: int  # loudness-loop passes
     reached: bool  # loudness within tolerance (True when no target is set)
@@ -160,36 +161,59 @@ def _target_loop(xp, y, rate: int, params: ChainParams, seconds: dict) -> Master
                 "-70 LUFS absolute gate (BS.1770-4), so no gain can reach the target")
         gain_db = target - start
 
-    # Work under the ceiling by the quantizer's worst case so the PCM still meets it.
+    # Quantization moves each sample by at most `err`, so every interpolated value
+    # (the true peak at any oversampling) by at most err * peak_gain: the limiter
+    # works under the ceiling by that much and the PCM meets the ceiling by construction.
     ceiling_lin = 10.0 ** (lim.ceiling_dbtp / 20.0)
-    margin = dither.max_error_lsb(dp) * dither.lsb(dp.bit_depth) if quantizing else 0.0
-    work_ceiling_db = _db(ceiling_lin - margin)
+    err = dither.max_error_lsb(dp) * dither.lsb(dp.bit_depth) if quantizing else 0.0
+    bound = err * max(oversample.peak_gain(f) for f in (lim.oversample, limiter.CHECK_FACTOR))
+    work_ceiling_db = min(_db(ceiling_lin - bound), 0.0)
 
+    work = dataclasses.replace(lim, ceiling_dbtp=work_ceiling_db)
+
+    def limited_at(gain_db: float):
+        """(gained input, unchecked limiter result): the 16x check runs once, on the pass kept."""
+        g = xp.float32(10.0 ** (gain_db / 20.0))
+        gained = y * g if gain_db != 0.0 else y
+        return gained, timed("limiter", limiter.limit, gained, rate, work, False)
+
+    # The loop runs on the float signal: dither adds noise ~90 dB below the
+    # programme, which moves integrated loudness by far less than 0.001 LU.
     history: list[tuple[float, float]] = []
-    out = None
+    level, reached, reason, npass = None, True, "", 0
     for npass in range(1, lp.max_passes + 1):
-        out, gr_db, work_ceiling_db = _one_pass(xp, y, rate, gain_db, params, work_ceiling_db, timed)
+        gained, res = limited_at(gain_db)
+        limited, gr_db = res.audio, res.max_gain_reduction_db
         if target is None:
-            return MasterResult(out, gain_db, gr_db, None, _tp(out), npass, True,
-                                ceiling_dbtp_used=None if lim.bypass else work_ceiling_db)
-        level = timed("loudness", loudness.integrated_loudness, out, rate)
+            break
+        level = timed("loudness", loudness.integrated_loudness, limited, rate)
         if level is None:  # cannot happen for a measurable input and finite gain; be explicit anyway
             raise UnmeasurableError("the limited output has no valid integrated loudness")
-        err = target - level
+        miss = target - level
         history.append((gain_db, level))
-        if abs(err) <= lp.tolerance_lu:
-            return MasterResult(out, gain_db, gr_db, level, _tp(out), npass, True,
-                                ceiling_dbtp_used=None if lim.bypass else work_ceiling_db)
-        if err > 0 and gr_db > lp.max_gain_reduction_db:
+        if abs(miss) <= lp.tolerance_lu:
+            break
+        if miss > 0 and gr_db > lp.max_gain_reduction_db:
+            reached = False
             reason = (f"target {target:.1f} LUFS needs more than {lp.max_gain_reduction_db:.1f} dB of "
                       f"limiting: reached {level:.2f} LUFS with {gr_db:.1f} dB of gain reduction")
-            return MasterResult(out, gain_db, gr_db, level, _tp(out), npass, False, reason,
-                                ceiling_dbtp_used=work_ceiling_db)
-        gain_db += err / _slope(history)
-    reason = (f"loudness loop did not converge in {lp.max_passes} passes: "
-              f"{level:.2f} LUFS for a target of {target:.1f} LUFS")
-    return MasterResult(out, gain_db, gr_db, level, _tp(out), lp.max_passes, False, reason,
-                        ceiling_dbtp_used=work_ceiling_db)
+            break
+        if npass == lp.max_passes:
+            reached = False
+            reason = (f"loudness loop did not converge in {lp.max_passes} passes: "
+                      f"{level:.2f} LUFS for a target of {target:.1f} LUFS")
+            break
+        gain_db += miss / _slope(history)
+
+    res = timed("limiter", limiter.check, gained, res, rate, work)
+    out = timed("dither", dither.quantize, res.audio, dp)
+    gr_db = res.max_gain_reduction_db
+    tp = timed("true_peak", loudness.true_peak_dbtp, out, 4)
+    if not lim.bypass and tp is not None and tp > lim.ceiling_dbtp:  # the bound above makes this unreachable
+        raise RuntimeError(f"quantized output reads {tp:.4f} dBTP, over the {lim.ceiling_dbtp} dBTP ceiling "
+                           f"(working ceiling {work_ceiling_db:.4f} dBTP): a bug in the limiter or quantizer")
+    return MasterResult(out, gain_db, gr_db, level, tp, npass, reached, reason,
+                        ceiling_dbtp_used=None if lim.bypass else work_ceiling_db)
 
 
 def _slope(history) -> float:
@@ -201,29 +225,6 @@ def _slope(history) -> float:
     if g1 == g0:
         return 1.0
     return min(1.0, max(0.05, (l1 - l0) / (g1 - g0)))
-
-
-def _one_pass(xp, y, rate, gain_db, params: ChainParams, work_ceiling_db, timed):
-    """gain -> limit -> quantize, then check-and-correct the quantized true peak."""
-    lim, dp = params.limiter, params.dither
-    g = xp.float32(10.0 ** (gain_db / 20.0))
-    gained = y * g if gain_db != 0.0 else y
-    ceiling_db = lim.ceiling_dbtp
-    for _ in range(4):
-        gr_db = 0.0
-        limited = gained
-        if not lim.bypass:
-            res = timed("limiter", limiter.limit, gained, rate,
-                        dataclasses.replace(lim, ceiling_dbtp=min(work_ceiling_db, 0.0)))
-            limited, gr_db = res.audio, res.max_gain_reduction_db
-        out = timed("dither", dither.quantize, limited, dp)
-        if lim.bypass or out is limited:
-            return out, gr_db, work_ceiling_db  # the limiter's own guarantee covers float output
-        over = timed("true_peak", loudness.true_peak_over, out, ceiling_db)
-        if over <= 0.0:
-            return out, gr_db, work_ceiling_db
-        work_ceiling_db -= over + 0.001  # the quantized peak overshot: limit a little harder
-    raise RuntimeError("true-peak ceiling could not be met after quantization (4 corrections)")
 
 
 def _tp(x) -> float | None:

@@ -127,11 +127,14 @@ class LimiterResult:
     trim_db: float = 0.0
 
 
-def limit(x, sample_rate: float, params: LimiterParams) -> LimiterResult:
+def limit(x, sample_rate: float, params: LimiterParams, check: bool = True) -> LimiterResult:
     """Limit ``x`` (channels, samples) so its true peak is <= ``params.ceiling_dbtp``.
 
     See the module docstring for the design and the argument that the
     ceiling holds. ``params.bypass`` returns ``x`` itself with unit gain.
+    ``check=False`` skips the final check-and-correct (``true_peak_dbtp`` is
+    then ``None``): a cheaper estimate for a loop that tries several input
+    gains; run :func:`check` on the result it keeps.
     """
     xp = backend.array_module(x)
     x = xp.asarray(x)
@@ -148,15 +151,43 @@ def limit(x, sample_rate: float, params: LimiterParams) -> LimiterResult:
         return LimiterResult(audio=x, gain=xp.ones(n, dtype=x.dtype), max_gain_reduction_db=0.0,
                              true_peak_dbtp=None)
 
+    ceiling = 10.0 ** (params.ceiling_dbtp / 20.0) * (1.0 - MARGIN)
+    lookahead, release = _timing(sample_rate, params)
+    env = peak_envelope(x, (params.oversample,), curvature=CURVATURE, gate=ceiling)
+    gain = gain_curve(required_gain(env, ceiling), lookahead, release)
+    if not check:
+        gain_x = gain.astype(x.dtype)
+        return LimiterResult(audio=x * gain_x, gain=gain_x, max_gain_reduction_db=_reduction_db(gain_x))
+    return _check(x, gain, sample_rate, params)
+
+
+def check(x, result: LimiterResult, sample_rate: float, params: LimiterParams) -> LimiterResult:
+    """The final check-and-correct of :func:`limit` on a ``check=False`` result
+    for the same ``x`` and ``params``: afterwards the true peak is <= the ceiling."""
+    if params.bypass or result.true_peak_dbtp is not None or x.shape[-1] == 0 or x.shape[0] == 0:
+        return result
+    xp = backend.array_module(x)
+    return _check(x, result.gain.astype(xp.float64), sample_rate, params)
+
+
+def _timing(sample_rate: float, params: LimiterParams) -> tuple[int, float]:
+    """(lookahead, release time constant), in samples."""
+    lookahead = max(1, int(round(params.lookahead_ms * sample_rate / 1000.0)))
+    return lookahead, params.release_ms * sample_rate / 1000.0
+
+
+def _reduction_db(gain_x) -> float:
+    min_gain = backend.to_float(gain_x.min())
+    return max(0.0, -20.0 * math.log10(min_gain)) if min_gain > 0 else math.inf
+
+
+def _check(x, gain, sample_rate: float, params: LimiterParams) -> LimiterResult:
+    """Measure ``x * gain`` at the detection factor and 16x; correct until under the ceiling."""
     ceiling_lin = 10.0 ** (params.ceiling_dbtp / 20.0)
     ceiling, accept = ceiling_lin * (1.0 - MARGIN), ceiling_lin * (1.0 - ACCEPT)
-    lookahead = max(1, int(round(params.lookahead_ms * sample_rate / 1000.0)))
-    release = params.release_ms * sample_rate / 1000.0
+    lookahead, release = _timing(sample_rate, params)
     factor = params.oversample
     check_factors = (factor,) if factor == CHECK_FACTOR else (factor, CHECK_FACTOR)
-
-    env = peak_envelope(x, (factor,), curvature=CURVATURE, gate=ceiling)
-    gain = gain_curve(required_gain(env, ceiling), lookahead, release)
     gain_x = gain.astype(x.dtype)
     out = x * gain_x
 
@@ -185,11 +216,10 @@ def limit(x, sample_rate: float, params: LimiterParams) -> LimiterResult:
         gain_x = gain.astype(x.dtype)
         out = x * gain_x
 
-    min_gain = backend.to_float(gain_x.min())
     return LimiterResult(
         audio=out,
         gain=gain_x,
-        max_gain_reduction_db=max(0.0, -20.0 * math.log10(min_gain)) if min_gain > 0 else math.inf,
+        max_gain_reduction_db=_reduction_db(gain_x),
         true_peak_dbtp=20.0 * math.log10(peak) if peak > 0 else -math.inf,
         corrections=corrections,
         trim_db=-20.0 * math.log10(trim) if trim != 1.0 else 0.0,
@@ -392,5 +422,5 @@ def _ramp(xp, g1, w: int):
     return out
 
 
-__all__ = ["LimiterResult", "limit", "peak_envelope", "required_gain", "gain_curve",
+__all__ = ["check", "LimiterResult", "limit", "peak_envelope", "required_gain", "gain_curve",
            "CHECK_FACTOR", "MARGIN"]

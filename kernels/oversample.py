@@ -52,6 +52,16 @@ def _bank(factor: int) -> np.ndarray:
     return bank
 
 
+@functools.lru_cache(maxsize=16)
+def peak_gain(factor: int) -> float:
+    """The most interpolation can amplify a signal's peak: max over phases of
+    sum |taps| (about 3 for these filters). A change of at most ``e`` per
+    sample moves every interpolated value, hence the true peak, by at most
+    ``e * peak_gain(factor)``; the chain uses it to keep quantization from
+    pushing a limited signal over its ceiling."""
+    return float(np.abs(_bank(factor)).sum(axis=1).max())
+
+
 def upsample(x, factor: int = 4):
     """Interpolate ``x`` (..., N) to (..., N*factor) along the last axis.
 

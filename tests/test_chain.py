@@ -73,7 +73,7 @@ def test_loudness_loop_lands_on_target_and_ceiling_holds_after_quantizing(xp, le
     assert backend.array_module(y) is xp and y.shape == x.shape
     got = loudness.integrated_loudness(y, RATE)
     assert abs(got - target) <= 0.1, got
-    assert abs(res.integrated_lufs - got) < 1e-9
+    assert abs(res.integrated_lufs - got) < 1e-3  # measured before dither
     assert _on_grid(y, 16)
     ceiling = db_to_amp(-1.0)
     for factor in (4, 16):

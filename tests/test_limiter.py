@@ -294,3 +294,16 @@ def test_bad_input_is_refused_with_a_fix(xp):
         limit(xp.asarray(bad), 48000, LimiterParams())
     empty = limit(xp.zeros((2, 0), dtype=xp.float32), 48000, LimiterParams())
     assert empty.audio.shape == (2, 0)
+
+
+def test_unchecked_then_check_equals_checked(xp):
+    """limit(check=False) + check() is limit(): the loudness loop's cheap passes lose nothing."""
+    x = xp.asarray((music(6.0, 48000, 2, seed=11) * 4.0).astype(np.float32))
+    p = LimiterParams(ceiling_dbtp=-1.0)
+    full = limit(x, 48000, p)
+    rough = limit(x, 48000, p, check=False)
+    assert rough.true_peak_dbtp is None and rough.max_gain_reduction_db > 6.0
+    done = limiter.check(x, rough, 48000, p)
+    assert np.array_equal(backend.to_host(done.audio), backend.to_host(full.audio))
+    assert done.true_peak_dbtp == full.true_peak_dbtp and done.corrections == full.corrections
+    _assert_under_ceiling(done.audio, -1.0)

@@ -50,3 +50,25 @@ def test_factor_one_is_identity_and_bad_factor_is_refused(xp):
     assert upsample(x, 1) is x
     with pytest.raises(ValueError, match="1, 2, 4, 8 or 16"):
         design(3)
+
+
+@pytest.mark.parametrize("factor", [4, 16])
+def test_peak_gain_bounds_how_far_a_perturbation_moves_the_true_peak(factor):
+    """|e| <= eps per sample moves every interpolated value by <= eps * peak_gain,
+    and the worst-case pattern (eps * sign of the phase's taps) reaches it."""
+    from kernels.oversample import HALF_TAPS, _bank, peak_gain
+
+    g = peak_gain(factor)
+    assert 2.0 < g < 4.0
+    eps = 1e-3
+    rng = np.random.default_rng(5)
+    e = eps * rng.uniform(-1, 1, (1, 4000))
+    assert np.abs(upsample(e, factor)).max() <= eps * g * (1 + 1e-9)
+    bank = _bank(factor)
+    p = int(np.argmax(np.abs(bank).sum(axis=1)))
+    worst = np.zeros((1, 2 * HALF_TAPS + 1 + 200))
+    # out[factor*n + p] = sum_k bank[p, k] * x[n + HALF_TAPS - k]
+    n = 100
+    for k in range(2 * HALF_TAPS + 1):
+        worst[0, n + HALF_TAPS - k] = eps * np.sign(bank[p, k])
+    assert np.abs(upsample(worst, factor)[0, factor * n + p]) == pytest.approx(eps * g, rel=1e-9)
