@@ -186,8 +186,25 @@ def atomic_output(final_path: str):
             os.unlink(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once at import: os.umask can only be read by setting it
+
+
+def publish_mode(path: str) -> None:
+    """Give a finished file the mode a plain ``open()`` would have (0666 minus
+    the umask): temporary files are created 0600, and a master or report that
+    the rest of the label's pipeline cannot read is not delivered."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def commit(tmp_path: str, final_path: str) -> None:
     """fsync the finished temporary file and rename it to its final name."""
+    publish_mode(tmp_path)
     with open(tmp_path, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp_path, final_path)

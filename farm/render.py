@@ -78,11 +78,11 @@ def _load_ir(task: RenderTask, rate: int, channels: int):
         ir = audio.decode(path)
     except audio.AudioError as e:
         raise audio.AudioError(f"{src}: reverb impulse response {e}") from e
-    from kernels.reverb import _layout, normalize_ir, resample_ir
+    from kernels.reverb import ir_layout, normalize_ir, resample_ir
 
     h = resample_ir(ir.audio.astype(np.float64), ir.sample_rate, rate)
     try:
-        normalize_ir(_layout(h, channels))  # what apply_reverb will do with it
+        normalize_ir(ir_layout(h, channels))  # what apply_reverb will do with it
     except ValueError as e:
         raise audio.AudioError(f"{src}: reverb impulse response {path}: {e}") from e
     return h
@@ -195,8 +195,11 @@ def _validate(task: RenderTask, dec, check, after: dict, rate: int, bit_depth: i
         checks["loudness"] = lufs is not None and abs(lufs - target) <= d.tolerance_lu
         if not checks["loudness"]:
             problems.append(f"integrated loudness {lufs} LUFS is outside {target} +/- {d.tolerance_lu} LU")
-        if check.channels <= 5:  # pyloudnorm refuses more than 5 channels
-            pln = _pyloudnorm(check.audio, check.sample_rate)
+        # pyloudnorm takes at most 5 channels (L, R, C, Ls, Rs): for 5.1 (SMPTE order
+        # L, R, C, LFE, Ls, Rs) leave out the LFE, which BS.1770 does not count either.
+        cross = check.audio[[0, 1, 2, 4, 5]] if check.channels == 6 else check.audio
+        if cross.shape[0] <= 5:
+            pln = _pyloudnorm(cross, check.sample_rate)
             after["pyloudnorm_lufs"] = _round(pln)
             checks["loudness_cross_check"] = bool(pln is not None and lufs is not None
                                                    and abs(pln - lufs) <= PYLOUDNORM_AGREEMENT_LU)

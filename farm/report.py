@@ -24,6 +24,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .audio import publish_mode
 from .records import TrackResult
 
 REPORT_JSON, REPORT_CSV = "report.json", "report.csv"
@@ -274,6 +275,7 @@ def _atomic_write(path: str, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

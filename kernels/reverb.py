@@ -158,7 +158,7 @@ def resample_ir(ir, ir_rate: float, sample_rate: float) -> np.ndarray:
     return scipy.signal.resample_poly(ir, ratio.numerator, ratio.denominator, axis=-1)
 
 
-def _layout(ir: np.ndarray, channels: int) -> np.ndarray:
+def ir_layout(ir: np.ndarray, channels: int) -> np.ndarray:
     """Put ``ir`` in a layout :func:`apply_reverb` can convolve ``channels`` with."""
     if ir.ndim == 1:
         return ir[None, :]
@@ -202,7 +202,7 @@ def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None):
     dtype = x.dtype if x.dtype in (xp.float32, xp.float64) else xp.float64
     x = x.astype(dtype, copy=False)
     channels, n = x.shape
-    h = normalize_ir(_layout(np.asarray(backend.to_host(ir), dtype=np.float64), channels))
+    h = normalize_ir(ir_layout(np.asarray(backend.to_host(ir), dtype=np.float64), channels))
     delay = int(round(params.predelay_ms * 1e-3 * sample_rate))
     if delay:  # pre-delay as leading zeros of the IR: exact, and free inside the FFT
         h = np.concatenate([np.zeros(h.shape[:-1] + (delay,)), h], axis=-1)

@@ -93,3 +93,14 @@ def test_resample_keeps_duration_and_a_tone(tmp_path):
     ref = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(rate_out) / rate_out)
     np.testing.assert_allclose(y[0, 1000:-1000], ref[1000:-1000], atol=1e-3)
     assert audio.resample(x, 48000, 48000) is x
+
+
+def test_committed_files_get_the_umask_mode_not_the_tempfile_0600(tmp_path):
+    final = str(tmp_path / "m.flac")
+    with audio.atomic_output(final) as tmp:
+        assert os.stat(tmp).st_mode & 0o777 == 0o600
+        audio.encode(tmp, np.zeros((2, 4800), dtype=np.float32), 48000, "flac", 16)
+        audio.commit(tmp, final)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert os.stat(final).st_mode & 0o777 == 0o666 & ~mask

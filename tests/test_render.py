@@ -647,3 +647,10 @@ def test_unusable_impulse_response_fails_naming_the_ir(tmp_path, kind):
     r = render_track(task)
     assert_failed_cleanly(task, r, "impulse response", ir, *words)
     assert "internal error" not in r.reason
+
+
+def test_every_delivery_is_cross_checked_by_the_second_meter(rendered):
+    """The render's own pyloudnorm cross-check ran (5.1 without its LFE) and agreed."""
+    r = rendered.result
+    assert r.checks.get("loudness_cross_check") is True, r.checks
+    assert abs(r.result["pyloudnorm_lufs"] - r.result["integrated_lufs"]) <= 0.2
