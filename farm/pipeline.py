@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, TextIO
 
 from . import report
@@ -83,7 +83,12 @@ def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, b
     with Journal(job.output_dir) as journal:
         is_done = None if force else (lambda t: journal.is_done(t, journal.input_hash(t.track.source)))
         work = plan(tasks, is_done)
-        earlier = {r.row: r for r in journal.results([task_key(t) for t in work.done])}
+        # A journaled result carries the row number of the run that rendered it. Look it
+        # up by task key (input + output) and give it the row it has now: keyed by the old
+        # row, a catalog with a row inserted or moved since (which re-renders nothing)
+        # reported other tracks' results under these rows and dropped the last ones.
+        by_key = {e.key: e.result for e in journal.entries([task_key(t) for t in work.done])}
+        earlier = [replace(by_key[task_key(t)], row=t.track.row) for t in work.done if task_key(t) in by_key]
         say(f"{len(tasks) + len(job.rejected)} catalog rows: {len(work.todo)} to render, "
             f"{len(work.done)} done by an earlier run"
             + (f", {len(job.rejected)} set aside for catalog problems" if job.rejected else ""))
@@ -92,7 +97,7 @@ def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, b
             with open_client(scheduler, backend, n_workers, threads_per_worker, dashboard) as (client, info):
                 say(info.describe())
                 fresh = run_tasks(client, work.todo, task_fn=task_fn, journal=journal, progress=progress)
-    results = sorted(fresh + [earlier[t.track.row] for t in work.done if t.track.row in earlier]
+    results = sorted(fresh + earlier
                      + [rejected_result(r, job.preset.name) for r in job.rejected], key=lambda r: r.row)
     wall = time.perf_counter() - t0
     job_info = {
