@@ -53,8 +53,9 @@ def arrange(x: np.ndarray, rate: int, bpm: float, bars: int = 8) -> np.ndarray:
     level = np.array([SECTION_DB[k % len(SECTION_DB)] for k in range(n // section + 1)])
     gain_db = np.repeat(level, section)[:n]
     ramp = max(1, int(0.5 * rate))
-    gain_db = np.convolve(np.pad(gain_db, (ramp // 2, ramp - ramp // 2 - 1), mode="edge"),
-                          np.ones(ramp) / ramp, mode="valid")
+    padded = np.pad(gain_db, (ramp // 2, ramp - ramp // 2 - 1), mode="edge")
+    c = np.concatenate([[0.0], np.cumsum(padded)])
+    gain_db = (c[ramp:] - c[:-ramp]) / ramp  # moving average: linear crossfades between sections
     y = x * 10.0 ** (gain_db / 20.0)
     return y * (np.abs(x).max() / np.abs(y).max())
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import socket
 import time
 
@@ -49,10 +48,21 @@ def _stats(x, rate) -> dict:
     }
 
 
+def worker_name() -> str:
+    """Which Dask worker ran this (its name and address), or the host name outside one."""
+    try:
+        from distributed import get_worker
+
+        w = get_worker()
+        return f"{w.name} {w.address}" if str(w.name) != w.address else w.address
+    except (ImportError, ValueError):  # ValueError: not running inside a worker
+        return socket.gethostname()
+
+
 def _fail(task: RenderTask, reason: str, timings: dict, **kw) -> TrackResult:
     return TrackResult(row=task.track.row, source=task.track.source, status=STATUS_FAILED,
                        reason=reason, preset=task.preset, timings=timings,
-                       worker=socket.gethostname(), **kw)
+                       worker=worker_name(), **kw)
 
 
 def _load_ir(task: RenderTask, rate: int, channels: int):
@@ -180,7 +190,7 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
         audio.commit(tmp, final)
     timings["total"] = round(time.perf_counter() - t_start, 4)
     return TrackResult(row=task.track.row, source=src, status=STATUS_OK, output=final, preset=task.preset,
-                       timings=timings, worker=f"{socket.gethostname()}/{platform.node()}"[:80],
+                       timings=timings, worker=worker_name(),
                        **result_kw)
 
 

@@ -354,6 +354,10 @@ def check_cluster_run(doc: dict, cluster: _Procs, keys: dict[str, set[str]]) -> 
     assert set(keys) == {"w1", "w2"} and all(keys.values()), keys  # both workers rendered tracks
     rows = sorted(int(re.search(r"-row(\d+)-", k).group(1)) for ks in keys.values() for k in ks)
     assert rows == list(range(1, len(GOOD) + 1)), keys  # each row once, no task elsewhere
+    # ... and each track's record names the worker that rendered it
+    by_row = {int(re.search(r"-row(\d+)-", k).group(1)): w for w, ks in keys.items() for k in ks}
+    for t in doc["tracks"]:
+        assert t["worker"].split()[0] == by_row[t["row"]], (t["row"], t["worker"])
 
 
 def _new_keys(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, set[str]]:
