@@ -19,6 +19,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/kernels.py
+	$(PY) bench/render.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
