@@ -77,7 +77,7 @@ import numpy as np
 
 from . import backend
 from .convolve import fftconvolve
-from .oversample import HALF_TAPS, design
+from .oversample import HALF_TAPS, phase_bank
 from .params import LimiterParams
 from .scan import affine_max_scan
 
@@ -229,23 +229,6 @@ def _check(x, gain, sample_rate: float, params: LimiterParams) -> LimiterResult:
 # --------------------------------------------------------------------------- detection
 
 
-@functools.lru_cache(maxsize=16)
-def _phases(factors: tuple[int, ...]) -> np.ndarray:
-    """Polyphase rows (P, 2*HALF_TAPS + 1), float64, of every non-zero phase
-    of every factor: row ``taps[p::factor]`` is what ``oversample.upsample``
-    convolves for output phase ``p`` (phase 0 is the input itself)."""
-    width = 2 * HALF_TAPS + 1
-    rows = []
-    for factor in factors:
-        taps = design(factor)
-        for p in range(1, factor):
-            row = np.zeros(width)
-            phase = taps[p::factor]
-            row[:len(phase)] = phase
-            rows.append(row)
-    return np.stack(rows)
-
-
 def peak_envelope(x, factors: tuple[int, ...] = (4,), curvature: float = 0.0, gate: float = 0.0):
     """Per-base-sample, channel-linked peak of the oversampled signal.
 
@@ -266,7 +249,7 @@ def peak_envelope(x, factors: tuple[int, ...] = (4,), curvature: float = 0.0, ga
     c, n = x.shape
     if curvature and len(factors) != 1:
         raise ValueError("peak_envelope: curvature needs exactly one oversampling factor")
-    bank = xp.asarray(_phases(tuple(factors)), dtype=x.dtype)
+    bank = xp.asarray(phase_bank(tuple(factors)), dtype=x.dtype)
     chunk = CHUNK_CPU if xp is np else CHUNK_GPU
     h = HALF_TAPS
     env = xp.empty(n, dtype=x.dtype)

@@ -47,7 +47,7 @@ from fractions import Fraction
 import numpy as np
 
 from . import backend
-from .oversample import HALF_TAPS, upsample
+from .oversample import true_peak
 
 # BS.1770-4 Annex 1, eq. 2: loudness of a mean square z is -0.691 + 10 log10(z).
 LOUDNESS_OFFSET_DB = -0.691
@@ -451,27 +451,9 @@ def loudness_range(x, sample_rate: int, channel_weights: tuple[float, ...] | Non
 
 
 def _true_peak_linear(x, factor: int):
-    """max |x| of ``x`` upsampled ``factor`` times, as a device scalar.
-
-    The upsampling runs in chunks, each with HALF_TAPS + 1 input samples of
-    real context on either side (zeros only at the signal's own ends, as
-    :func:`~kernels.oversample.upsample` takes them), so the result equals the
-    peak of the whole signal upsampled at once while memory stays bounded
-    (16x a 10-minute 5.1 programme would be ~7 GB in one piece).
-    """
-    xp = backend.array_module(x)
-    n = x.shape[-1]
-    if factor == 1:
-        return xp.abs(x).max()
-    chunk = max(1 << 16, (1 << 22) // factor)  # input samples per chunk: ~4M outputs per channel
-    ctx = HALF_TAPS + 1
-    peaks = []
-    for s in range(0, n, chunk):  # a loop over chunks of ~10^5-10^6 samples, not over samples
-        e = min(n, s + chunk)
-        a, b = max(0, s - ctx), min(n, e + ctx)
-        y = upsample(x[:, a:b], factor)
-        peaks.append(xp.abs(y[:, (s - a) * factor:(e - a) * factor]).max())
-    return xp.max(xp.stack(peaks))
+    """max |x| of ``x`` upsampled ``factor`` times, as a device scalar
+    (:func:`kernels.oversample.true_peak`)."""
+    return true_peak(x, factor)
 
 
 def _db(linear: float) -> float | None:

@@ -72,3 +72,20 @@ def test_peak_gain_bounds_how_far_a_perturbation_moves_the_true_peak(factor):
     for k in range(2 * HALF_TAPS + 1):
         worst[0, n + HALF_TAPS - k] = eps * np.sign(bank[p, k])
     assert np.abs(upsample(worst, factor)[0, factor * n + p]) == pytest.approx(eps * g, rel=1e-9)
+
+
+@pytest.mark.parametrize("factor", [1, 4, 16])
+@pytest.mark.parametrize("n", [5, 1000, 300_001])
+def test_true_peak_equals_the_peak_of_the_whole_upsampled_signal(xp, factor, n):
+    """Chunked, phase-0-free peak == max |upsample(x)| (chunk edges included)."""
+    from kernels.oversample import PEAK_CHUNK_CPU, true_peak
+
+    rng = np.random.default_rng(n)
+    x = rng.uniform(-0.5, 0.5, (2, n))
+    # a full-scale inter-sample-peak burst straddling the first chunk edge
+    k = min(n - 4, PEAK_CHUNK_CPU - 2)
+    x[:, max(0, k):k + 4] = [0.9, 0.9, -0.9, -0.9][: min(4, n - max(0, k))]
+    x = xp.asarray(x.astype(np.float32))
+    want = float(np.abs(backend.to_host(upsample(x, factor))).max())
+    got = float(backend.to_host(true_peak(x, factor)))
+    assert got == pytest.approx(want, rel=2e-6)
