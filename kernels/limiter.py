@@ -192,8 +192,8 @@ def _check(x, gain, sample_rate: float, params: LimiterParams) -> LimiterResult:
     out = x * gain_x
 
     corrections, trim = 0, 1.0
+    env = peak_envelope(out, check_factors)
     while True:
-        env = peak_envelope(out, check_factors)
         peak = backend.to_float(env.max())  # host sync: the final check
         if not math.isfinite(peak):
             raise ValueError("limit got audio with NaN or infinite samples; replace them (the render "
@@ -211,10 +211,18 @@ def _check(x, gain, sample_rate: float, params: LimiterParams) -> LimiterResult:
             peak *= trim
             break
         corrections += 1
+        # Only the points still over the acceptance level ask for less gain (the
+        # rest are already under the ceiling), so the correction is local: just
+        # the lookahead and release around each over, and only the envelope
+        # chunks it touched are measured again.
         target = ceiling_lin * (1.0 - CORRECTION_MARGIN)
-        gain = gain * gain_curve(required_gain(env, target), lookahead, release)
+        xp = backend.array_module(env)
+        over = xp.where(env > accept, env, xp.zeros_like(env))
+        step = gain_curve(required_gain(over, target), lookahead, release)
+        gain = gain * step
         gain_x = gain.astype(x.dtype)
         out = x * gain_x
+        _remeasure(env, out, step < 1.0, check_factors)
 
     return LimiterResult(
         audio=out,
@@ -224,6 +232,25 @@ def _check(x, gain, sample_rate: float, params: LimiterParams) -> LimiterResult:
         corrections=corrections,
         trim_db=-20.0 * math.log10(trim) if trim != 1.0 else 0.0,
     )
+
+
+def _remeasure(env, out, changed, factors: tuple[int, ...]) -> None:
+    """Update ``env`` (= ``peak_envelope(old_out, factors)``) in place for
+    ``out``, which differs from the old output only where ``changed``: every
+    detection chunk holding a change is measured again with enough context
+    on both sides that its envelope equals a whole-track measurement."""
+    xp = backend.array_module(env)
+    n = env.shape[-1]
+    chunk = CHUNK_CPU if xp is np else CHUNK_GPU
+    count = -(-n // chunk)
+    padded = xp.zeros(count * chunk, dtype=bool)
+    padded[:n] = changed
+    touched = backend.to_host(padded.reshape(count, chunk).any(axis=1))
+    reach = HALF_TAPS + 2  # env[i] reads out[i - HALF_TAPS .. i + HALF_TAPS + 1]
+    for k in np.flatnonzero(touched):  # a loop over touched chunks, not over samples
+        a, b = max(0, k * chunk - reach), min(n, (k + 1) * chunk + reach)
+        lo, hi = max(0, a - reach), min(n, b + reach)
+        env[a:b] = peak_envelope(out[:, lo:hi], factors)[a - lo:b - lo]
 
 
 # --------------------------------------------------------------------------- detection

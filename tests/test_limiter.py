@@ -307,3 +307,21 @@ def test_unchecked_then_check_equals_checked(xp):
     assert np.array_equal(backend.to_host(done.audio), backend.to_host(full.audio))
     assert done.true_peak_dbtp == full.true_peak_dbtp and done.corrections == full.corrections
     _assert_under_ceiling(done.audio, -1.0)
+
+
+def test_remeasure_equals_a_whole_track_measurement(xp):
+    """The correction pass measures only the chunks it changed; the envelope it
+    keeps must equal measuring the whole corrected output again."""
+    n = 3 * limiter.CHUNK_CPU + 1234
+    rng = np.random.default_rng(3)
+    x = xp.asarray(rng.uniform(-0.5, 0.5, (2, n)).astype(np.float32))
+    env = peak_envelope(x, (4, 16))
+    changed = np.zeros(n, dtype=bool)
+    for at in (10, limiter.CHUNK_CPU - 3, 2 * limiter.CHUNK_CPU + 7, n - 2):  # chunk edges and ends
+        changed[max(0, at - 5):at + 5] = True
+    y = backend.to_host(x).copy()
+    y[:, changed] *= 0.5
+    y = xp.asarray(y)
+    limiter._remeasure(env, y, xp.asarray(changed), (4, 16))
+    full = peak_envelope(y, (4, 16))
+    np.testing.assert_allclose(backend.to_host(env), backend.to_host(full), rtol=1e-6, atol=1e-7)
