@@ -255,7 +255,18 @@ class Journal:
     def _setup(self, timeout_s: float) -> None:
         db = self._db
         db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        # Switching to WAL needs an exclusive lock and SQLite may answer "database is
+        # locked" at once, without its busy handler, while another process opens the
+        # same new journal (seen under load with several workers): retry it ourselves.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         if mode.lower() != "wal":
             raise sqlite3.DatabaseError(f"could not switch to WAL mode (got {mode!r})")
         # FULL: a commit is on disk when it returns, so power loss cannot undo
