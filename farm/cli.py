@@ -11,7 +11,9 @@ adding a command is one entry in :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from enum import IntEnum
 
@@ -74,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         return ExitStatus.SUCCESS if not e.code else ExitStatus.USAGE
     try:
         return int(program(args))
+    except BrokenPipeError:  # `farm presets | head`: the reader left; not an error of ours
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitStatus.SUCCESS)
     except KeyboardInterrupt:
         if args.traceback:
             raise

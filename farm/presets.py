@@ -47,6 +47,7 @@ import copy
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -65,7 +66,19 @@ from . import naming
 from .errors import ConfigError, Problems, did_you_mean, display_path
 from .records import OUTPUT_FORMATS, DeliverySpec, OutputSpec
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "jobs" / "presets"
+
+
+def _builtin_dir() -> Path:
+    """The built-in presets: ``jobs/presets`` of a source checkout (and editable
+    installs), else the copy a wheel installs under ``<prefix>/share/mastering-farm/presets``
+    (pyproject ``[tool.setuptools.data-files]``), e.g. in the worker image."""
+    checkout = Path(__file__).resolve().parent.parent / "jobs" / "presets"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "mastering-farm" / "presets"
+
+
+BUILTIN_DIR = _builtin_dir()
 PRESET_PATH_ENV = "FARM_PRESET_PATH"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 SAMPLE_RATE_RANGE = (8000, 384000)

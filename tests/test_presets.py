@@ -273,3 +273,23 @@ def test_summary_for_the_cli():
 def test_all_builtin_names_match_their_files():
     for name, path in presets.available().items():
         assert load_preset(path).name == name == path.stem
+
+
+def test_builtin_presets_travel_with_non_editable_installs():
+    """pyproject's data-files ship every jobs/presets/*.toml to where farm.presets
+    looks when there is no checkout (share/mastering-farm/presets)."""
+    import glob
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    with open(root / "pyproject.toml", "rb") as f:
+        data_files = tomllib.load(f)["tool"]["setuptools"]["data-files"]
+    shipped = {Path(p).name for pattern in data_files["share/mastering-farm/presets"]
+               for p in glob.glob(str(root / pattern))}
+    assert shipped == {p.name for p in (root / "jobs" / "presets").glob("*.toml")}
+    assert {"streaming.toml", "apple-music.toml", "ebu-r128.toml", "atsc-a85.toml", "master.toml"} <= shipped
