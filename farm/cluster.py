@@ -257,7 +257,7 @@ def _local_cluster(plan: WorkerPlan, dashboard: bool | str, allowed_failures: in
 def open_client(scheduler: str | None = None, backend: str = "auto", n_workers: int | None = None,
                 threads_per_worker: int | None = None, dashboard: bool | str = True, *,
                 connect_timeout_s: float = 10.0, worker_timeout_s: float = 60.0,
-                allowed_failures: int | None = None) -> Iterator[tuple[Any, ClusterInfo]]:
+                allowed_failures: int | None = None, security: Any = None) -> Iterator[tuple[Any, ClusterInfo]]:
     """Yield ``(client, info)`` for an embedded cluster or the scheduler at ``scheduler``.
 
     ``backend``: ``"auto"`` uses GPUs when CuPy sees them, ``"cpu"`` starts CPU
@@ -268,6 +268,11 @@ def open_client(scheduler: str | None = None, backend: str = "auto", n_workers: 
     override the sizing (embedded only). Connecting waits up to
     ``connect_timeout_s`` for the scheduler and ``worker_timeout_s`` for a first
     worker, then raises :class:`ClusterError` saying what to check.
+    ``security``: a :class:`distributed.security.Security` for a ``tls://``
+    scheduler (remote only); ``None`` takes Dask's configuration
+    (``distributed.comm.tls.*``, e.g. ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``,
+    ``..._CLIENT__CERT``, ``..._CLIENT__KEY``), and a ``tls://`` address
+    without a CA and client certificate there is a :class:`ClusterError`.
     """
     from distributed import Client
 
@@ -278,8 +283,9 @@ def open_client(scheduler: str | None = None, backend: str = "auto", n_workers: 
             raise ValueError("n_workers, threads_per_worker and allowed_failures size the embedded cluster; "
                              f"the workers of {scheduler} are sized where they are started (`dask worker "
                              "--nthreads N`) and allowed-failures is the scheduler's own setting")
+        security = _client_security(scheduler, security)
         try:
-            client = Client(scheduler, timeout=connect_timeout_s, set_as_default=False)
+            client = Client(scheduler, timeout=connect_timeout_s, set_as_default=False, security=security)
         except (OSError, TimeoutError) as e:
             raise ClusterError(
                 f"cannot reach the Dask scheduler at {scheduler} within {connect_timeout_s:g} s ({e}); "
@@ -301,6 +307,8 @@ def open_client(scheduler: str | None = None, backend: str = "auto", n_workers: 
             yield client, info
         return
 
+    if security is not None:
+        raise ValueError("security (TLS) is for a remote scheduler; the embedded cluster listens on 127.0.0.1 only")
     from distributed.system import MEMORY_LIMIT
     from kernels import backend as kbackend
 
@@ -313,6 +321,22 @@ def open_client(scheduler: str | None = None, backend: str = "auto", n_workers: 
             Client(cluster, set_as_default=False) as client:
         link = cluster.dashboard_link if dashboard else None
         yield client, cluster_info(client, embedded=True, dashboard_link=link)
+
+
+def _client_security(scheduler: str, security: Any = None):
+    """The client's :class:`~distributed.security.Security` for ``scheduler``: the
+    one given, else Dask's configuration; a ``tls://`` address needs a CA and a
+    client certificate (the scheduler asks for one: mutual TLS)."""
+    from distributed.security import Security
+
+    security = security if security is not None else Security()
+    if scheduler.startswith("tls://") and not (security.tls_ca_file and security.tls_client_cert):
+        raise ClusterError(
+            f"{scheduler} is a TLS scheduler but no TLS certificates are configured for the client; pass "
+            "--tls-ca-file CA.pem --tls-cert CLIENT.pem --tls-key CLIENT-KEY.pem (see deploy/make-certs.sh), or "
+            "set DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY")
+    return security
 
 
 def has_dashboard() -> bool:

@@ -39,6 +39,12 @@ def add_parser(subparsers, parents=()):
     p.add_argument("--target-lufs", type=float, help="override the preset's integrated loudness target (LUFS)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="an existing Dask scheduler (tcp://host:8786) instead of the embedded cluster")
+    tls = p.add_argument_group("TLS", "for a tls:// --scheduler (mutual TLS; deploy/make-certs.sh makes the files). "
+                               "Default: Dask's configuration, e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+                               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY")
+    tls.add_argument("--tls-ca-file", metavar="PEM", help="the CA certificate that signed the scheduler's certificate")
+    tls.add_argument("--tls-cert", metavar="PEM", help="this client's certificate (may hold the key too)")
+    tls.add_argument("--tls-key", metavar="PEM", help="this client's private key")
     p.add_argument("--backend", choices=("auto", "cpu", "gpu"),
                    help="auto (GPU when CuPy sees one), cpu or gpu (default: the job's, else auto)")
     p.add_argument("--workers", type=int, metavar="N", help="embedded cluster: number of worker processes")
@@ -87,6 +93,30 @@ def run(args, stdout=None, stderr=None) -> int:
     return render_and_summarise(job, args, out, err)
 
 
+def tls_security(args, scheduler: str | None):
+    """The client's ``distributed.security.Security`` from --tls-ca-file/--tls-cert/--tls-key,
+    or ``None`` (Dask's own TLS configuration) when none of them is given."""
+    ca, cert, key = (getattr(args, k, None) for k in ("tls_ca_file", "tls_cert", "tls_key"))
+    if not (ca or cert or key):
+        return None
+    if not scheduler:
+        raise ConfigError("--tls-ca-file/--tls-cert/--tls-key are for a tls:// --scheduler; the embedded "
+                          "cluster listens on 127.0.0.1 only")
+    if not scheduler.startswith("tls://"):
+        raise ConfigError(f"--tls-ca-file/--tls-cert/--tls-key were given but the scheduler {scheduler} is not "
+                          "a tls:// address")
+    missing = [flag for flag, v in (("--tls-ca-file", ca), ("--tls-cert", cert)) if not v]
+    if missing:
+        raise ConfigError(f"TLS needs {' and '.join(missing)} too (and --tls-key unless the certificate file "
+                          "holds the key)")
+    unreadable = [p for p in (ca, cert, key) if p and not os.access(p, os.R_OK)]
+    if unreadable:
+        raise ConfigError(f"cannot read {', '.join(unreadable)}")
+    from distributed.security import Security
+
+    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+
+
 def render_and_summarise(job, args, out, err) -> int:
     """Render ``job``, print problems up front and the summary table after; return the exit status."""
     from .catalog import check_sources
@@ -101,7 +131,13 @@ def render_and_summarise(job, args, out, err) -> int:
     for row, reason in sorted(check_sources(job.tracks).items()):
         print(f"farm render: row {row}: {reason} (this track will fail)", file=err)
     try:
+        security = tls_security(args, getattr(args, "scheduler", None) or job.scheduler)
+    except ConfigError as e:
+        print(f"farm render: {e}", file=err)
+        return ExitStatus.USAGE
+    try:
         outcome = render_job(job, force=getattr(args, "force", False), scheduler=getattr(args, "scheduler", None),
+                             security=security,
                              backend=getattr(args, "backend", None), n_workers=getattr(args, "workers", None),
                              threads_per_worker=getattr(args, "threads_per_worker", None),
                              progress=not getattr(args, "no_progress", False),

@@ -61,12 +61,14 @@ def rejected_result(row: RejectedRow, preset: str) -> TrackResult:
 def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, backend: str | None = None,
                n_workers: int | None = None, threads_per_worker: int | None = None, dashboard: bool | str = True,
                progress: bool | TextIO = True, log: Callable[[str], None] | None = None,
-               task_fn: Callable | None = None) -> RunOutcome:
+               task_fn: Callable | None = None, security: Any = None) -> RunOutcome:
     """Render ``job`` (see the module docstring); never raises for a bad track.
 
     ``scheduler``/``backend`` override the job's; ``log`` receives one line
     per step (cluster, plan); ``task_fn`` replaces :func:`farm.render.render_track`
-    (for benchmarks that time the codec floor through the same cluster path).
+    (for benchmarks that time the codec floor through the same cluster path);
+    ``security`` (a :class:`distributed.security.Security`) is for a ``tls://``
+    scheduler (default: Dask's TLS configuration).
     Raises :class:`farm.cluster.ClusterError` when the cluster cannot be
     reached, :class:`farm.journal.JournalError` for an unusable journal.
     """
@@ -94,7 +96,8 @@ def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, b
             + (f", {len(job.rejected)} set aside for catalog problems" if job.rejected else ""))
         fresh: list[TrackResult] = []
         if work.todo:
-            with open_client(scheduler, backend, n_workers, threads_per_worker, dashboard) as (client, info):
+            with open_client(scheduler, backend, n_workers, threads_per_worker, dashboard,
+                             security=security) as (client, info):
                 say(info.describe())
                 fresh = run_tasks(client, work.todo, task_fn=task_fn, journal=journal, progress=progress)
     results = sorted(fresh + earlier
