@@ -163,7 +163,14 @@ def encode(path: str, audio, sample_rate: int, container: str, bit_depth: int) -
     try:
         sf.write(path, data, sample_rate, format=fmt, subtype=subtype)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise AudioError(f"{path}: cannot write {container} {bit_depth}-bit ({e})") from e
+        # libsndfile reports a failed write() (a full disk, a quota, an I/O error) only as
+        # "System error."; the C errno, read at once through soundfile's cffi, says which.
+        why = str(e)
+        if getattr(e, "code", None) == 2:  # SFE_SYSTEM
+            code = getattr(getattr(sf, "_ffi", None), "errno", 0)
+            if code:
+                why = f"{why.rstrip('.')}: [Errno {code}] {os.strerror(code)}"
+        raise AudioError(f"{path}: cannot write {container} {bit_depth}-bit ({why})") from e
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ The exit code is 0 only if every row passed.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, TextIO
@@ -56,6 +57,47 @@ def rejected_result(row: RejectedRow, preset: str) -> TrackResult:
     return TrackResult(row=row.row, source=row.source, status=STATUS_FAILED,
                        reason="; ".join(row.problems) + " (row not rendered: fix the catalog and run again)",
                        preset=preset)
+
+
+def _partial_pattern(final_path: str) -> re.Pattern:
+    """The temporary names :func:`farm.audio.atomic_output` gives ``final_path``'s master:
+    ``.<stem[:80]>.<8 random chars from mkstemp>.partial<ext>``."""
+    stem, ext = os.path.splitext(os.path.basename(final_path))
+    return re.compile(re.escape(f".{stem[:80]}.") + r"[A-Za-z0-9_]{8}" + re.escape(f".partial{ext}"))
+
+
+def remove_stray_partials(tasks) -> list[str]:
+    """Remove the temporary files of these tasks' masters; return their paths.
+
+    Called only once every task of the run has landed: a worker SIGKILLed (or
+    OOM-killed) while encoding leaves its ``.NAME.XXXXXXXX.partial.EXT``
+    behind, and nothing else would ever remove it. Only names that
+    ``atomic_output`` makes for *these* outputs are matched (never a final
+    name, another track's file or anything else in the folder). What this can
+    touch that it should not: a partial that another ``farm render`` rendering
+    the *same* master into the *same* folder at the same moment is writing (or
+    a zombie attempt whose worker the scheduler already gave up on); that
+    attempt then fails its rename (a clear OSError on its track) and nothing
+    under a final name is ever damaged.
+    """
+    removed = []
+    by_folder: dict[str, list[re.Pattern]] = {}
+    for t in tasks:
+        by_folder.setdefault(os.path.dirname(t.out_path) or ".", []).append(_partial_pattern(t.out_path))
+    for folder, patterns in by_folder.items():
+        try:
+            names = [n for n in os.listdir(folder) if n.startswith(".") and ".partial" in n]
+        except OSError:
+            continue
+        for n in names:
+            if any(p.fullmatch(n) for p in patterns):
+                path = os.path.join(folder, n)
+                try:
+                    os.unlink(path)
+                    removed.append(path)
+                except OSError:  # gone meanwhile, or not ours to remove: leave it
+                    pass
+    return removed
 
 
 def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, backend: str | None = None,
@@ -100,6 +142,12 @@ def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, b
                              security=security) as (client, info):
                 say(info.describe())
                 fresh = run_tasks(client, work.todo, task_fn=task_fn, journal=journal, progress=progress)
+        # Every task of this run has landed (run_tasks returned), so no attempt of ours
+        # is writing now: temporary files still beside these masters were left by a
+        # worker killed mid-write (in this run or an earlier one) and are removed.
+        stray = remove_stray_partials(tasks)
+        if stray:
+            say(f"removed {len(stray)} temporary file(s) left by renders that were killed mid-write")
     results = sorted(fresh + earlier
                      + [rejected_result(r, job.preset.name) for r in job.rejected], key=lambda r: r.row)
     wall = time.perf_counter() - t0

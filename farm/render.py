@@ -156,15 +156,17 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
     if target is not None:
         chain = dataclasses.replace(chain, loudness=dataclasses.replace(chain.loudness, target_lufs=target))
     ir = _load_ir(task, rate, dec.channels)
-    dev = backend.to_device(x, name)
-    t = lap("upload", t)
-    res = master(dev, rate, chain, ir=ir)
-    mastered = backend.to_host(res.audio)
-    t = lap("chain", t)
+    # One long track can need more device memory than the GPU has: it is mastered on
+    # the CPU instead of failing (see master_with_fallback).
+    res, mastered, name = master_with_fallback(x, rate, chain, ir, name, timings=timings)
+    t = time.perf_counter()
     timings.update({f"chain_{k}": round(v, 4) for k, v in res.stage_seconds.items()})
 
     with audio.atomic_output(final) as tmp:
-        audio.encode(tmp, mastered, rate, out_spec.format, bit_depth)
+        try:
+            audio.encode(tmp, mastered, rate, out_spec.format, bit_depth)
+        except audio.AudioError as e:  # its message names only the temporary file: name the master too
+            raise audio.AudioError(f"{src}: cannot write the master {final}: {e} (nothing was left there)") from e
         t = lap("encode", t)
         loud_tags = {"integrated_lufs": res.integrated_lufs, "true_peak_dbtp": res.true_peak_dbtp}
         tags.write_tags(tmp, task.track.tags, loudness=loud_tags)
@@ -192,6 +194,67 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
     return TrackResult(row=task.track.row, source=src, status=STATUS_OK, output=final, preset=task.preset,
                        timings=timings, worker=worker_name(),
                        **result_kw)
+
+
+GPU_OOM_BACKEND = "cpu (gpu out of memory)"  # the result's backend when a GPU render fell back
+
+
+def _run_chain(x: np.ndarray, rate: int, chain, ir, name: str, timings: dict):
+    """The chain on backend ``name``: (MasterResult, mastered audio on the host);
+    sets ``timings`` "upload" and "chain" (a fallback's run overwrites them)."""
+    t0 = time.perf_counter()
+    dev = backend.to_device(x, name)
+    t1 = time.perf_counter()
+    res = master(dev, rate, chain, ir=ir)
+    mastered = backend.to_host(res.audio)
+    timings.update(upload=round(t1 - t0, 4), chain=round(time.perf_counter() - t1, 4))
+    return res, mastered
+
+
+def _is_gpu_oom(e: BaseException) -> bool:
+    """CuPy's OutOfMemoryError is a MemoryError; cuFFT and the CUDA runtime report a
+    failed allocation with their own error types, recognised by their messages."""
+    if isinstance(e, MemoryError):
+        return True
+    text = f"{type(e).__name__} {e}"
+    return type(e).__module__.startswith("cupy") and ("ALLOC_FAILED" in text or "MemoryAllocation" in text)
+
+
+def _free_gpu_memory() -> None:
+    """Give back what CuPy's pools and the FFT plan cache hold, so the worker's next
+    track (and the other threads sharing the GPU) start from free memory."""
+    try:
+        import cupy
+
+        cupy.get_default_memory_pool().free_all_blocks()
+        cupy.get_default_pinned_memory_pool().free_all_blocks()
+        cupy.fft.config.get_plan_cache().clear()
+    except Exception:  # no CuPy (CPU-only worker) or a device too broken to answer
+        pass
+
+
+def master_with_fallback(x: np.ndarray, rate: int, chain, ir, name: str, run_chain=None,
+                         timings: dict | None = None):
+    """Run the chain on ``name``; if the GPU runs out of memory, free it and run on the CPU.
+
+    Returns ``(MasterResult, host audio, backend label)``; the label is
+    :data:`GPU_OOM_BACKEND` after a fallback, so the report says where the track
+    went and why. Out of memory on the CPU itself still raises (render_track
+    reports it). ``run_chain`` replaces :func:`_run_chain` (tests).
+    """
+    run_chain = run_chain or _run_chain
+    timings = {} if timings is None else timings
+    try:
+        res, mastered = run_chain(x, rate, chain, ir, name, timings)
+        return res, mastered, name
+    except Exception as e:  # MemoryError is an Exception; anything else that is no OOM re-raises
+        if name == "cpu" or not _is_gpu_oom(e):
+            raise
+    # Outside the except block: the traceback (holding the failed attempt's device
+    # arrays) is gone, so the pool can really free their blocks.
+    _free_gpu_memory()
+    res, mastered = run_chain(x, rate, chain, ir, "cpu", timings)
+    return res, mastered, GPU_OOM_BACKEND
 
 
 def _validate(task: RenderTask, dec, check, after: dict, rate: int, bit_depth: int):

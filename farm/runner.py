@@ -32,9 +32,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from .cluster import ClusterError
 from .records import STATUS_FAILED, RenderTask, TrackResult
 
 AUTO = "auto"
+LOST = "scheduler-connection-lost"  # distributed's cancel reason when the client loses its scheduler
+
+
+class SchedulerLostError(ClusterError):
+    """The scheduler went away mid-run. Every result that landed before is journaled;
+    the tracks still in flight are not (they never finished), so a rerun renders them."""
 
 
 @dataclass(frozen=True)
@@ -235,6 +242,8 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
 
     submitter = _Submitter(client, task_fn, tasks, retries, gpu_share, max_in_flight)
     ac = as_completed([], with_results=True, raise_errors=False, loop=client.loop)
+    address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
+    lost = 0  # tasks cancelled because the scheduler went away
     try:
         for i, reason in submitter.unsendable():
             land(i, failure(tasks[i], reason))
@@ -243,6 +252,12 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
             i, _ = pending.pop(future.key)
             status = future.status
             del future  # drop our reference: the worker may release the result now
+            if getattr(value, "reason", None) == LOST:
+                # Not a track's fault: recorded as failed, the journal and the report
+                # would blame each track in flight (and exit 3 as for bad inputs). Keep
+                # draining results that did land, submit nothing more, then raise.
+                lost += 1
+                continue
             if status == "finished":
                 land(i, _as_result(tasks[i], value))
             elif isinstance(value, tuple) and len(value) == 3:  # (type, exception, traceback)
@@ -252,7 +267,15 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
                                           "the scheduler may have gone away: run the job again to resume"))
             else:  # pragma: no cover - defensive
                 land(i, failure(tasks[i], f"the task ended in state {status!r}"))
-            ac.update(submitter.refill(pending))
+            if not lost:
+                ac.update(submitter.refill(pending))
+        if lost:
+            done = sum(r is not None for r in results)
+            raise SchedulerLostError(
+                f"lost the connection to the Dask scheduler at {address} mid-run: {done} of {len(tasks)} "
+                f"track(s) finished and are recorded in the journal, {len(tasks) - done} did not finish; "
+                "check that the scheduler is running (it may have stopped or crashed), then run the same "
+                "command again: it renders only the tracks that did not finish")
     finally:
         bar.close()
         if pending:  # interrupted: stop the cluster from working on tracks nobody will record
