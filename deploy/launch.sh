@@ -29,6 +29,7 @@
 # container runtime) sees the dask process itself. Only `workers` with several
 # GPUs and without --dask-cuda starts several `dask worker` processes: then this
 # script stays as their parent, forwards SIGTERM/SIGINT and exits when any exits.
+# Needs bash >= 4.4 (mapfile, wait -n, empty arrays under set -u).
 set -euo pipefail
 
 prog=$(basename "$0")
@@ -212,7 +213,7 @@ workers)
     stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; }
     trap 'stop; wait; exit 143' TERM INT
     set +e
-    wait -n "${pids[@]}"; rc=$?
+    wait -n; rc=$?  # the first worker to exit (bash >= 4.3)
     echo "$prog: a GPU worker exited with status $rc; stopping the others" >&2
     stop; wait
     exit "$rc"

@@ -488,3 +488,46 @@ def test_launched_scheduler_and_worker_listen_on_loopback_only(tls_cluster):
     tree = [worker, *worker.children(recursive=True)]
     wl = [c.laddr for p in tree for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     assert wl and {a.ip for a in wl} == {"127.0.0.1"}, wl
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_several_gpus_one_pinned_worker_each_and_sigterm_stops_them_all(tls_cluster, tmp_path):
+    """The launcher's own supervision: two (pretend) GPUs, two `dask worker`
+    processes under one launch.sh; SIGTERM to the launcher stops both. Runs
+    last in this module: its GPU workers are gone again when it ends."""
+    from distributed import Client
+
+    import dask_procs
+
+    _, address, certs = tls_cluster
+    procs = Launched(str(tmp_path))
+    with open(procs.log("gpus"), "wb") as log:
+        proc = subprocess.Popen([LAUNCH, "workers", address, "--tls", certs, "--host", "127.0.0.1", "--nthreads", "1",
+                                 "--name", "fake", "--", "--death-timeout", "60", "--no-nanny",
+                                 "--local-directory", str(tmp_path / "w")],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=_env(CUDA_VISIBLE_DEVICES="0,1"), cwd=tmp_path, start_new_session=True)
+    try:
+        with Client(address, security=_security(certs), timeout=START_TIMEOUT_S, set_as_default=False) as client:
+            try:
+                client.wait_for_workers(3, timeout=START_TIMEOUT_S)
+            except TimeoutError:
+                raise TimeoutError(f"GPU workers did not connect:\n{_tail(procs.log('gpus'))}") from None
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            gpu = {a: w for a, w in workers.items() if w.get("resources", {}).get("GPU") == 1}
+            assert sorted(w["name"] for w in gpu.values()) == ["fake-0", "fake-1"], workers
+            seen = client.run(dask_procs.env_var, "CUDA_VISIBLE_DEVICES", workers=list(gpu))
+            assert sorted(seen.values()) == ["0,1", "1,0"], seen
+            os.kill(proc.pid, signal.SIGTERM)  # the launcher only: it must stop its workers itself
+            assert proc.wait(60) == 143, _tail(procs.log("gpus"))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and set(gpu) & set(client.scheduler_info(n_workers=-1)["workers"]):
+                time.sleep(0.1)
+            assert not set(gpu) & set(client.scheduler_info(n_workers=-1)["workers"])
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything of that group still alive (nothing, normally)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
