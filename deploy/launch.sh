@@ -68,7 +68,8 @@ tls_args() {  # tls_args DIR ROLE
     printf '%s\n' --tls-ca-file "$dir/ca.pem" --tls-cert "$dir/$role.pem" --tls-key "$dir/$role-key.pem"
 }
 
-cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN || echo 1)
+# nproc honours OMP_NUM_THREADS (which Dask sets to 1 in its workers): count the CPUs this process may use
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || getconf _NPROCESSORS_ONLN || echo 1)
 
 case "$mode" in
 scheduler)
