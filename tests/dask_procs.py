@@ -121,6 +121,26 @@ class DaskProcs:
     timeout_s: float = 20.0
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     address: str = ""
+    tls_dir: str | None = None  # deploy/make-certs.sh output: scheduler, workers and clients speak TLS
+
+    def tls_args(self, role: str) -> list[str]:
+        """Dask CLI flags for ``role`` (scheduler or worker) when ``tls_dir`` is set."""
+        if not self.tls_dir:
+            return []
+        d = self.tls_dir
+        return ["--tls-ca-file", os.path.join(d, "ca.pem"), "--tls-cert", os.path.join(d, f"{role}.pem"),
+                "--tls-key", os.path.join(d, f"{role}-key.pem")]
+
+    @property
+    def security(self):
+        """The client-side ``distributed.security.Security`` (None without TLS)."""
+        if not self.tls_dir:
+            return None
+        from distributed.security import Security
+
+        d = self.tls_dir
+        return Security(tls_ca_file=os.path.join(d, "ca.pem"), tls_client_cert=os.path.join(d, "client.pem"),
+                        tls_client_key=os.path.join(d, "client-key.pem"), require_encryption=True)
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -148,7 +168,8 @@ class DaskProcs:
     def start_scheduler(self) -> str:
         sched_file = os.path.join(self.workdir, "scheduler.json")
         proc = self._spawn("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                         "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sched_file])
+                                         "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sched_file]
+                           + (["--protocol", "tls", *self.tls_args("scheduler")] if self.tls_dir else []))
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -167,13 +188,13 @@ class DaskProcs:
                 "--local-directory", os.path.join(self.workdir, name)]
         if resources:
             args += ["--resources", resources]
-        return self._spawn(name, args)
+        return self._spawn(name, args + self.tls_args("worker"))
 
     def wait_for_workers(self, n: int) -> dict[str, str]:
         """Block until ``n`` workers are connected; return {worker name: address}."""
         from distributed import Client
 
-        with Client(self.address, timeout=self.timeout_s, set_as_default=False) as client:
+        with Client(self.address, timeout=self.timeout_s, set_as_default=False, security=self.security) as client:
             try:
                 client.wait_for_workers(n, timeout=self.timeout_s)
             except TimeoutError:

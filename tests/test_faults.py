@@ -14,7 +14,9 @@ the window stays open for seconds even on a loaded 2-core machine.
 
 1. a worker SIGKILLed while writing a master: the scheduler reruns the task on
    the other worker; the dead worker's ``.partial`` is removed at the end of the
-   run (:func:`farm.pipeline.remove_stray_partials`);
+   run (:func:`farm.pipeline.remove_stray_partials`); run twice, over plain TCP
+   and over mutual TLS (scheduler, workers and client with certificates from
+   ``deploy/make-certs.sh``);
 2. the client SIGKILLed mid-run: the rerun renders only what the journal lacks;
 3. the output disk full (a small tmpfs; skipped where mounting is not allowed):
    the track that does not fit fails naming its master and the full disk;
@@ -84,9 +86,17 @@ class Procs(DaskProcs):
         self.procs[name].wait(10)
 
 
-def cluster(workdir, n_workers: int = 2) -> tuple[Procs, dict[str, str]]:
+def cluster(workdir, n_workers: int = 2, tls: bool = False) -> tuple[Procs, dict[str, str]]:
+    """A scheduler and ``n_workers`` workers; with ``tls`` all of them (and every client
+    the tests open) speak mutual TLS with certificates from deploy/make-certs.sh."""
     os.makedirs(workdir, exist_ok=True)
-    procs = Procs(str(workdir), timeout_s=60.0)
+    tls_dir = None
+    if tls:
+        tls_dir = os.path.join(workdir, "tls")
+        p = subprocess.run([os.path.join(REPO, "deploy", "make-certs.sh"), tls_dir], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+    procs = Procs(str(workdir), timeout_s=60.0, tls_dir=tls_dir)
     try:
         procs.start_scheduler()
         for i in range(n_workers):
@@ -100,10 +110,13 @@ def cluster(workdir, n_workers: int = 2) -> tuple[Procs, dict[str, str]]:
 class Farm:
     """`farm render` started as a subprocess (own session, output to files)."""
 
-    def __init__(self, root, catalog, out, scheduler: str, tag: str):
+    def __init__(self, root, catalog, out, scheduler: str, tag: str, tls_dir: str | None = None):
         self.stdout_path, self.stderr_path = root / f"{tag}.out", root / f"{tag}.err"
         args = [FARM, "render", str(catalog), "--preset", "streaming", "-o", str(out), "--naming", "{title}",
                 "--scheduler", scheduler, "--no-progress"]
+        if tls_dir:
+            args += ["--tls-ca-file", os.path.join(tls_dir, "ca.pem"), "--tls-cert",
+                     os.path.join(tls_dir, "client.pem"), "--tls-key", os.path.join(tls_dir, "client-key.pem")]
         with open(self.stdout_path, "wb") as o, open(self.stderr_path, "wb") as e:
             self.proc = subprocess.Popen(args, cwd=root, env=_env(), stdout=o, stderr=e, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
@@ -231,11 +244,11 @@ def check_rendered(out, root, hashes: dict[str, str], good: list[str]) -> dict:
     return doc
 
 
-def processing_on(address: str, key_prefix: str) -> str | None:
+def processing_on(address: str, key_prefix: str, security=None) -> str | None:
     """The worker address the scheduler has ``key_prefix*`` processing on, if any."""
     from distributed import Client
 
-    with Client(address, timeout=30, set_as_default=False) as client:
+    with Client(address, timeout=30, set_as_default=False, security=security) as client:
         for worker, keys in client.processing().items():
             if any(str(k).startswith(key_prefix) for k in keys):
                 return worker
@@ -257,19 +270,21 @@ def idle_workers(address: str) -> bool:
 
 @integration
 @pytest.mark.timeout(600)
-def test_worker_killed_mid_track_is_rendered_elsewhere_and_its_partial_removed(tmp_path):
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_worker_killed_mid_track_is_rendered_elsewhere_and_its_partial_removed(tmp_path, tls):
     catalog, hashes = make_catalog(tmp_path, [("long", LONG_S), ("a", SHORT_S), ("b", SHORT_S), ("c", SHORT_S)])
     out = tmp_path / "out"
-    procs, names = cluster(tmp_path / "dask")
+    procs, names = cluster(tmp_path / "dask", tls=tls)
+    assert procs.address.startswith("tls://" if tls else "tcp://"), procs.address
     by_address = {a: n for n, a in names.items()}
     farm = None
     try:
-        farm = Farm(tmp_path, catalog, out, procs.address, "run")
+        farm = Farm(tmp_path, catalog, out, procs.address, "run", tls_dir=procs.tls_dir)
         # Mid-track: the long track's temporary master exists (its worker is encoding,
         # tagging or validating it, for seconds), and the scheduler has it on a worker.
         stray = wait_for(lambda: [n for n in partials(out) if n.startswith(".long.")], 180,
                          "the long track's .partial file", alive=farm)[0]
-        victim = by_address[processing_on(procs.address, "render_track-row000001-")]
+        victim = by_address[processing_on(procs.address, "render_track-row000001-", procs.security)]
         procs.kill(victim)
         assert os.path.exists(out / stray), "the kill came too late to leave a partial file"
         code = farm.wait()
