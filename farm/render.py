@@ -12,6 +12,7 @@ partial or out-of-spec file.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import socket
@@ -25,6 +26,7 @@ from kernels.chain import UnmeasurableError, master
 from kernels.params import REVERB_TYPES
 
 from . import audio, tags
+from .journal import file_hash
 from .records import STATUS_FAILED, STATUS_OK, RenderTask, TrackResult
 
 # Validation tolerances on the re-decoded output.
@@ -189,9 +191,11 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
         if problems:
             timings["total"] = round(time.perf_counter() - t_start, 4)
             return _fail(task, f"{src}: " + "; ".join(problems) + " (no master written)", timings, **result_kw)
+        output_hash = file_hash(tmp)  # the bytes the rename publishes (the worker has them in cache)
         audio.commit(tmp, final)
     timings["total"] = round(time.perf_counter() - t_start, 4)
     return TrackResult(row=task.track.row, source=src, status=STATUS_OK, output=final, preset=task.preset,
+                       output_hash=output_hash,
                        timings=timings, worker=worker_name(),
                        **result_kw)
 
@@ -212,23 +216,33 @@ def _run_chain(x: np.ndarray, rate: int, chain, ir, name: str, timings: dict):
 
 
 def _is_gpu_oom(e: BaseException) -> bool:
-    """CuPy's OutOfMemoryError is a MemoryError; cuFFT and the CUDA runtime report a
+    """CuPy's OutOfMemoryError is a MemoryError; cuFFT (CuFFTError "CUFFT_ALLOC_FAILED"),
+    the CUDA runtime (CUDARuntimeError "cudaErrorMemoryAllocation") and the driver
+    (CUDADriverError "CUDA_ERROR_OUT_OF_MEMORY", e.g. loading a kernel module) report a
     failed allocation with their own error types, recognised by their messages."""
     if isinstance(e, MemoryError):
         return True
     text = f"{type(e).__name__} {e}"
-    return type(e).__module__.startswith("cupy") and ("ALLOC_FAILED" in text or "MemoryAllocation" in text)
+    return type(e).__module__.startswith("cupy") and (
+        "ALLOC_FAILED" in text or "MemoryAllocation" in text or "OUT_OF_MEMORY" in text)
 
 
 def _free_gpu_memory() -> None:
     """Give back what CuPy's pools and the FFT plan cache hold, so the worker's next
-    track (and the other threads sharing the GPU) start from free memory."""
+    track (and the other threads sharing the GPU) start from free memory.
+
+    Order matters: cached cuFFT plans hold their work areas as blocks of the
+    memory pool, so the plan cache is cleared first (its work areas go back to
+    the pool as free blocks) and the pool is emptied after; the other order left
+    the work areas in the pool. A garbage collection first frees device arrays
+    that only a reference cycle (a failed attempt's frames) still holds."""
     try:
         import cupy
 
+        gc.collect()
+        cupy.fft.config.get_plan_cache().clear()
         cupy.get_default_memory_pool().free_all_blocks()
         cupy.get_default_pinned_memory_pool().free_all_blocks()
-        cupy.fft.config.get_plan_cache().clear()
     except Exception:  # no CuPy (CPU-only worker) or a device too broken to answer
         pass
 
