@@ -87,6 +87,11 @@ class TrackResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
     worker: str = ""
     backend: str = ""
+    # "sha256:<hex>" of the master, taken by the worker just before its rename: the
+    # client's journal records it instead of reading every master back (at scale the
+    # client's hashing is the first bottleneck, see deploy/SCALING.md); also a
+    # delivery checksum in report.json.
+    output_hash: str | None = None
 
     @property
     def ok(self) -> bool:

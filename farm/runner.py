@@ -304,7 +304,8 @@ def _record(journal, task, input_hash: str, result: TrackResult) -> TrackResult:
     """Journal the result; an ok result the journal refuses (e.g. the client cannot
     see the output) is journaled and returned as a failure with the journal's reason."""
     try:
-        journal.record(task, input_hash, result)
+        # An ok result carries the worker's hash of its master: the client need not read it back.
+        journal.record(task, input_hash, result, output_hash=result.output_hash if result.ok else None)
         return result
     except ValueError as e:  # JournalError: a misconfiguration that must show on the track
         if not result.ok:

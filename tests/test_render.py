@@ -654,3 +654,9 @@ def test_every_delivery_is_cross_checked_by_the_second_meter(rendered):
     r = rendered.result
     assert r.checks.get("loudness_cross_check") is True, r.checks
     assert abs(r.result["pyloudnorm_lufs"] - r.result["integrated_lufs"]) <= 0.2
+
+
+def test_the_result_carries_the_masters_checksum(rendered):
+    """The worker hashes the master it publishes; the journal records that instead of re-reading it."""
+    r = rendered.result
+    assert r.output_hash == "sha256:" + sha256(r.output)

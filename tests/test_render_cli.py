@@ -421,6 +421,13 @@ def test_flag_and_job_forms_render_a_catalog_on_external_workers(cluster, good_c
         want = expected(i, "streaming", output, target_override=-15.0)
         assert t["output"] == str(tmp_path / "job-out" / f"{i:02d}. {dict(GOOD[i - 1].cells)['Title']}.aiff")
         check_master(t["output"], want, GOOD_TAGS[i - 1])
+        # the worker's checksum of the master, in the report and (as the client recorded it) the journal
+        assert t["output_hash"] == "sha256:" + sha256(t["output"])
+    from farm.journal import Journal
+
+    with Journal(str(tmp_path / "job-out")) as journal:
+        recorded = {e.output: e.output_hash for e in journal.entries()}
+    assert recorded == {t["output"]: t["output_hash"] for t in doc["tracks"]}
     assert len(masters_in(tmp_path / "job-out")) == len(GOOD)
 
     # Nothing ever touched the inputs.

@@ -140,7 +140,8 @@ class FakeJournal:
             raise FileNotFoundError(path)
         return "sha256:" + path
 
-    def record(self, task, input_hash, result):
+    def record(self, task, input_hash, result, output_hash=None):
+        assert output_hash == (result.output_hash if result.ok else None)  # the worker's hash, passed on
         if result.ok and task.track.row in self.refuse:
             raise ValueError(f"journal: track {task.track.row} reported ok but the client cannot see it")
         self.records.append((task.track.row, input_hash, result.status))
