@@ -177,6 +177,9 @@ def ir_layout(ir: np.ndarray, channels: int) -> np.ndarray:
         f"(M,), one channel per track channel ({channels}, M), or true stereo (2, 2, M) for stereo tracks")
 
 
+LFE_CHANNEL_5_1 = 3  # index of the LFE in a 6-channel (5.1) programme; reverb never feeds it
+
+
 def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None):
     """Convolution reverb on ``x`` (channels, samples) at ``sample_rate`` Hz.
 
@@ -186,7 +189,8 @@ def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None):
     dtype and backend. ``tail="trim"``: same length as ``x``, the wet path
     faded out over the last ``fade_ms`` (the dry signal is untouched);
     ``tail="keep"``: longer by the pre-delay plus the IR length minus one, so
-    the reverb rings out. Bypass returns ``x`` itself.
+    the reverb rings out. A 6-channel (5.1) programme's LFE gets no reverb
+    (mastering never sends the sub channel to a room). Bypass returns ``x`` itself.
     """
     if params.bypass:
         return x
@@ -209,6 +213,8 @@ def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None):
     h *= 10.0 ** (params.wet_db / 20.0)
     h_dev = xp.asarray(h, dtype=dtype)
     wet = convolve_mimo(x, h_dev) if h.ndim == 3 else fftconvolve(x, h_dev)
+    if channels == 6:  # 5.1 in WAV/FLAC/SMPTE order (L, R, C, LFE, Ls, Rs): the LFE stays dry
+        wet[LFE_CHANNEL_5_1] = 0.0
     dry_gain = 10.0 ** (params.dry_db / 20.0)
     if params.tail == "keep":
         out = wet

@@ -217,3 +217,17 @@ def test_layout_and_input_errors(xp):
     y = apply_reverb(xp.asarray(np.ones((1, 50))), RATE, ReverbParams(ir="a.wav", tail="keep"),
                      ir=np.ones((2, 10)))
     assert y.shape == (1, 59)
+
+
+@pytest.mark.parametrize("tail", ["trim", "keep"])
+def test_the_lfe_of_a_5_1_programme_stays_dry(xp, tail):
+    """5.1 (L, R, C, LFE, Ls, Rs): every other channel gets its reverb, the LFE none at all."""
+    rng = np.random.default_rng(9)
+    x = xp.asarray(rng.standard_normal((6, 24000)).astype(np.float32) * 0.1)
+    params = ReverbParams(ir="room", wet_db=-6.0, tail=tail)
+    y = backend.to_host(apply_reverb(x, 48000, params))
+    x_h = backend.to_host(x)
+    n = x_h.shape[1]
+    assert np.array_equal(y[3, :n], x_h[3]) and not np.any(y[3, n:])
+    for c in (0, 1, 2, 4, 5):
+        assert np.abs(y[c, :n] - x_h[c]).max() > 1e-3, c
