@@ -39,15 +39,8 @@ def _round(v, nd=2):
 
 
 def _stats(x, rate) -> dict:
-    s = meter.measure(x, rate)
-    return {
-        "integrated_lufs": _round(s.integrated_lufs),
-        "loudness_range_lu": _round(s.loudness_range_lu),
-        "true_peak_dbtp": _round(s.true_peak_dbtp),
-        "max_momentary_lufs": _round(s.max_momentary_lufs),
-        "max_short_term_lufs": _round(s.max_short_term_lufs),
-        "sample_peak_dbfs": _round(s.sample_peak_dbfs),
-    }
+    """Every R128 measurement of ``x`` (LoudnessStats' fields), rounded to 0.01 for the report."""
+    return {k: _round(v) for k, v in meter.measure(x, rate).to_dict().items()}
 
 
 def worker_name() -> str:
@@ -177,10 +170,9 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
         after = _stats(check.audio, check.sample_rate)
         checks, problems = _validate(task, dec, check, after, rate, bit_depth)
         read_back = tags.read_tags(tmp)
-        tag_ok = all(read_back.get(k) == v for k, v in task.track.tags.items() if v)
-        checks["tags"] = tag_ok
-        if not tag_ok:
-            missing = [k for k, v in task.track.tags.items() if v and read_back.get(k) != v]
+        missing = [k for k, v in task.track.tags.items() if v and read_back.get(k) != v]
+        checks["tags"] = not missing
+        if missing:
             problems.append(f"tags did not read back: {', '.join(missing)}")
         if not res.reached:
             problems.insert(0, res.reason)
@@ -297,8 +289,8 @@ def _validate(task: RenderTask, dec, check, after: dict, rate: int, bit_depth: i
     if not checks["true_peak"]:
         problems.append(f"true peak {tp} dBTP is over the {d.max_true_peak_dbtp} dBTP ceiling")
     want_frames = round(dec.frames * rate / dec.sample_rate)
-    extra = 0 if task.chain.reverb.bypass or task.chain.reverb.tail == "trim" else None
-    checks["duration"] = extra is None or abs(check.frames - want_frames) <= 1
+    rings_out = not task.chain.reverb.bypass and task.chain.reverb.tail == "keep"  # longer by design
+    checks["duration"] = rings_out or abs(check.frames - want_frames) <= 1
     if not checks["duration"]:
         problems.append(f"duration {check.frames} samples, expected {want_frames}")
     checks["format"] = bool(check.sample_rate == rate and check.channels == dec.channels)

@@ -106,7 +106,7 @@ class MasterResult:
     passes: int  # loudness-loop passes
     reached: bool  # loudness within tolerance (True when no target is set)
     reason: str = ""  # why not reached
-    ceiling_dbtp_used: float | None = None  # limiter working ceiling after corrections
+    ceiling_dbtp_used: float | None = None  # limiter working ceiling (under the ceiling by the quantizer's bound)
     stage_seconds: dict = field(default_factory=dict)
 
 
@@ -225,10 +225,6 @@ def _slope(history) -> float:
     if g1 == g0:
         return 1.0
     return min(1.0, max(0.05, (l1 - l0) / (g1 - g0)))
-
-
-def _tp(x) -> float | None:
-    return loudness.true_peak_dbtp(x, 4)
 
 
 __all__ = ["Chain", "Stage", "EQStage", "ReverbStage", "MasterResult", "UnmeasurableError",

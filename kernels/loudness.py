@@ -450,12 +450,6 @@ def loudness_range(x, sample_rate: int, channel_weights: tuple[float, ...] | Non
 # --------------------------------------------------------------------------- peaks
 
 
-def _true_peak_linear(x, factor: int):
-    """max |x| of ``x`` upsampled ``factor`` times, as a device scalar
-    (:func:`kernels.oversample.true_peak`)."""
-    return true_peak(x, factor)
-
-
 def _db(linear: float) -> float | None:
     if not math.isfinite(linear):
         raise ValueError("audio contains NaN or infinite samples; a peak is defined only for finite audio")
@@ -471,7 +465,7 @@ def true_peak_dbtp(x, factor: int = 4) -> float | None:
     _, x = _as_2d(x)
     if x.shape[-1] == 0:
         return None
-    return _db(float(backend.to_host(_true_peak_linear(x, factor))))
+    return _db(float(backend.to_host(true_peak(x, factor))))
 
 
 def true_peak_over(x, ceiling_dbtp: float, factor: int = 4, confirm_factor: int = 16,
@@ -518,7 +512,7 @@ def measure(x, sample_rate: int, true_peak_factor: int = 4,
     lra, lra_count = _lra_device(_window_energies(c, rate, SHORT_TERM_S, HOP_S))
     m_max, _ = _max_energy(c, rate, BLOCK_S)
     s_max, _ = _max_energy(c, rate, SHORT_TERM_S)
-    tp = _true_peak_linear(x, true_peak_factor)
+    tp = true_peak(x, true_peak_factor)
     sp = xp.abs(x).max()
     i_sum, i_count, lra, lra_count, m_max, s_max, tp, sp = _to_host_floats(
         (i_sum, i_count, lra, lra_count, m_max, s_max, tp, sp))

@@ -60,16 +60,7 @@ def phase_bank(factors: tuple[int, ...]) -> np.ndarray:
     of every factor: row ``taps[p::factor]`` is what :func:`upsample`
     convolves for output phase ``p`` (phase 0 is the input itself, so it
     needs no row)."""
-    width = 2 * HALF_TAPS + 1
-    rows = []
-    for factor in factors:
-        taps = design(factor)
-        for p in range(1, factor):
-            row = np.zeros(width)
-            phase = taps[p::factor]
-            row[:len(phase)] = phase
-            rows.append(row)
-    return np.stack(rows)
+    return np.concatenate([_bank(factor)[1:] for factor in factors])
 
 
 def true_peak(x, factor: int):
