@@ -134,6 +134,16 @@ def print_timings(label: str, tracks: list[dict], steps=None) -> None:
         print(f"  {k:{width}s}{cells}  {s:8.2f}  {s / total * 100:5.1f}%")
 
 
+def sum_timings(tracks, keep) -> dict[str, float]:
+    """Per-step seconds summed over the report's tracks, for the steps ``keep(name)`` accepts."""
+    sums: dict[str, float] = {}
+    for tr in tracks:
+        for k, v in tr.get("timings", {}).items():
+            if keep(k):
+                sums[k] = sums.get(k, 0.0) + v
+    return sums
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracks", type=int, default=4, help="number of tracks in the catalog (default 4)")
@@ -177,9 +187,9 @@ def main(argv=None) -> int:
     floor_wall = time.perf_counter() - t0
     for line in lines:
         print(f"  codec floor: {line}")
-    bad = [r for r in outcome.results if not r.ok]
-    if bad:
-        print(f"codec floor: {len(bad)} track(s) failed, first: {bad[0].reason}", file=sys.stderr)
+    if outcome.failed:
+        print(f"codec floor: {len(outcome.failed)} track(s) failed, first: {outcome.failed[0].reason}",
+              file=sys.stderr)
         return 1
 
     # -- the render: the CLI itself, in this process
@@ -203,21 +213,13 @@ def main(argv=None) -> int:
     print_timings("codec floor (decode + encode only)", floor_rep["tracks"], ("decode", "encode", "total"))
     print_timings(f"farm render --preset {args.preset}", rep["tracks"])
 
-    chain = {}
-    for tr in rep["tracks"]:
-        for k, v in tr.get("timings", {}).items():
-            if k.startswith("chain_"):
-                chain[k] = chain.get(k, 0.0) + v
+    chain = sum_timings(rep["tracks"], lambda k: k.startswith("chain_"))
     if chain:
         top = max(chain, key=chain.get)
         chain_total = sum(tr.get("timings", {}).get("chain", 0.0) for tr in rep["tracks"])
         print(f"\n  chain dominated by {top[6:]}: {chain[top]:.2f} s of {chain_total:.2f} s chain time "
               f"({chain[top] / chain_total * 100:.0f}%)")
-    steps = {}
-    for tr in rep["tracks"]:
-        for k, v in tr.get("timings", {}).items():
-            if not k.startswith("chain_") and k != "total":
-                steps[k] = steps.get(k, 0.0) + v
+    steps = sum_timings(rep["tracks"], lambda k: not k.startswith("chain_") and k != "total")
     if steps:
         top = max(steps, key=steps.get)
         total = sum(tr.get("timings", {}).get("total", 0.0) for tr in rep["tracks"])

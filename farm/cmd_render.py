@@ -37,6 +37,16 @@ def add_parser(subparsers, parents=()):
     p.add_argument("--sample-rate", type=int, help="output sample rate in Hz (default: the input's)")
     p.add_argument("--naming", help="output file-name pattern, e.g. '{track_number:02d} - {title}'")
     p.add_argument("--target-lufs", type=float, help="override the preset's integrated loudness target (LUFS)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop before rendering if any catalog row has a problem (default: those rows fail alone)")
+    add_run_options(p)
+    p.set_defaults(handler=run)
+    return p
+
+
+def add_run_options(p) -> None:
+    """Where and how a job runs: the options `farm render` and `farm demo` share
+    (read by :func:`render_and_summarise`)."""
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="an existing Dask scheduler (tcp://host:8786) instead of the embedded cluster")
     tls = p.add_argument_group("TLS", "for a tls:// --scheduler (mutual TLS; deploy/make-certs.sh makes the files). "
@@ -50,11 +60,7 @@ def add_parser(subparsers, parents=()):
     p.add_argument("--workers", type=int, metavar="N", help="embedded cluster: number of worker processes")
     p.add_argument("--threads-per-worker", type=int, metavar="N", help="embedded cluster: threads per worker")
     p.add_argument("--force", action="store_true", help="render every track again, ignoring the journal")
-    p.add_argument("--strict", action="store_true",
-                   help="stop before rendering if any catalog row has a problem (default: those rows fail alone)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run)
-    return p
 
 
 _CATALOG_ONLY = ("preset", "output_dir", "format", "bit_depth", "sample_rate", "naming", "target_lufs")
@@ -96,7 +102,7 @@ def run(args, stdout=None, stderr=None) -> int:
 def tls_security(args, scheduler: str | None):
     """The client's ``distributed.security.Security`` from --tls-ca-file/--tls-cert/--tls-key,
     or ``None`` (Dask's own TLS configuration) when none of them is given."""
-    ca, cert, key = (getattr(args, k, None) for k in ("tls_ca_file", "tls_cert", "tls_key"))
+    ca, cert, key = args.tls_ca_file, args.tls_cert, args.tls_key
     if not (ca or cert or key):
         return None
     if not scheduler:
@@ -131,22 +137,19 @@ def render_and_summarise(job, args, out, err) -> int:
     for row, reason in sorted(check_sources(job.tracks).items()):
         print(f"farm render: row {row}: {reason} (this track will fail)", file=err)
     try:
-        security = tls_security(args, getattr(args, "scheduler", None) or job.scheduler)
+        security = tls_security(args, args.scheduler or job.scheduler)
     except ConfigError as e:
         print(f"farm render: {e}", file=err)
         return ExitStatus.USAGE
     try:
-        outcome = render_job(job, force=getattr(args, "force", False), scheduler=getattr(args, "scheduler", None),
-                             security=security,
-                             backend=getattr(args, "backend", None), n_workers=getattr(args, "workers", None),
-                             threads_per_worker=getattr(args, "threads_per_worker", None),
-                             progress=not getattr(args, "no_progress", False),
+        outcome = render_job(job, force=args.force, scheduler=args.scheduler, security=security,
+                             backend=args.backend, n_workers=args.workers,
+                             threads_per_worker=args.threads_per_worker, progress=not args.no_progress,
                              log=lambda line: print(f"farm render: {line}", file=err, flush=True))
     except ClusterError as e:
         print(f"farm render: {e}", file=err)
         return ExitStatus.USAGE
-    titles = {t.row: t.tags.get("title", "") for t in job.tracks}
-    print(summary_table(outcome.results, titles=titles), file=out)
+    print(summary_table(outcome.results, titles=job.titles()), file=out)
     took = f" in {outcome.wall_s:.1f} s" if outcome.rendered else ""
     rel = os.path.relpath(job.output_dir)
     print(f"masters and reports in {job.output_dir if rel.startswith('..') else rel}{took} "

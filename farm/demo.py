@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from .cmd_render import add_run_options
 from .synth import music
 
 
@@ -96,12 +97,8 @@ def add_parser(subparsers, parents=()):
     p.add_argument("-o", "--output-dir", default=DEFAULT_FOLDER, metavar="FOLDER",
                    help=f"where the catalog and masters go (default: ./{DEFAULT_FOLDER})")
     p.add_argument("--preset", default="master", help="preset to master with (default: master)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler instead of the embedded one")
-    p.add_argument("--backend", choices=("auto", "cpu", "gpu"), default=None, help="auto (default), cpu or gpu")
-    p.add_argument("--workers", type=int, metavar="N", help="embedded cluster: number of worker processes")
-    p.add_argument("--force", action="store_true", help="render every track again")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run, threads_per_worker=None)
+    add_run_options(p)
+    p.set_defaults(handler=run)
     return p
 
 

@@ -128,6 +128,10 @@ class Job:
         problems.raise_if_any()
         return tasks
 
+    def titles(self) -> dict[int, str]:
+        """Catalog row -> title, for the report's and the summary's title column."""
+        return {t.row: t.tags.get("title", "") for t in self.tracks}
+
     def missing_sources(self) -> dict[int, str]:
         """Row -> reason for tracks whose audio file is missing or unreadable (they will fail alone)."""
         return _catalog.check_sources(self.tracks)

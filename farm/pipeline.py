@@ -157,7 +157,6 @@ def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, b
         "finished": time.time(), "rendered": len(fresh), "skipped": len(work.done), "rejected": len(job.rejected),
         "cluster": info.to_dict() if info is not None else None,
     }
-    titles = {t.row: t.tags.get("title", "") for t in job.tracks}
-    paths = report.write_reports(results, job.output_dir, job_info, titles=titles)
+    paths = report.write_reports(results, job.output_dir, job_info, titles=job.titles())
     return RunOutcome(results=results, rendered=len(fresh), skipped=len(work.done), rejected=len(job.rejected),
                       reports=paths, cluster=info, wall_s=wall, job_info=job_info)
