@@ -237,20 +237,35 @@ def _check(x, gain, sample_rate: float, params: LimiterParams) -> LimiterResult:
 def _remeasure(env, out, changed, factors: tuple[int, ...]) -> None:
     """Update ``env`` (= ``peak_envelope(old_out, factors)``) in place for
     ``out``, which differs from the old output only where ``changed``: every
-    detection chunk holding a change is measured again with enough context
-    on both sides that its envelope equals a whole-track measurement."""
+    detection chunk whose window (the chunk plus ``HALF_TAPS`` each side)
+    holds a change is measured again, on the same grid and windows as
+    :func:`peak_envelope`, so ``env`` becomes ``peak_envelope(out, factors)``
+    to the bit."""
     xp = backend.array_module(env)
     n = env.shape[-1]
-    chunk = CHUNK_CPU if xp is np else CHUNK_GPU
+    chunk = detect_chunk(xp)
+    bank = xp.asarray(phase_bank(tuple(factors)), dtype=out.dtype)
+    for k in np.flatnonzero(touched_chunks(changed, chunk)):  # touched chunks, not samples
+        s, e = k * chunk, min(n, (k + 1) * chunk)
+        env[s:e] = envelope_chunk(xp, out, 0, s, e, n, bank, factors)
+
+
+def touched_chunks(changed, chunk: int) -> np.ndarray:
+    """Host bools, one per ``chunk`` of ``changed``: does the chunk's detection
+    window ``[s - HALF_TAPS, e + HALF_TAPS)`` hold a True?"""
+    xp = backend.array_module(changed)
+    n = changed.shape[-1]
     count = -(-n // chunk)
+    h = min(HALF_TAPS, chunk)
     padded = xp.zeros(count * chunk, dtype=bool)
     padded[:n] = changed
-    touched = backend.to_host(padded.reshape(count, chunk).any(axis=1))
-    reach = HALF_TAPS + 2  # env[i] reads out[i - HALF_TAPS .. i + HALF_TAPS + 1]
-    for k in np.flatnonzero(touched):  # a loop over touched chunks, not over samples
-        a, b = max(0, k * chunk - reach), min(n, (k + 1) * chunk + reach)
-        lo, hi = max(0, a - reach), min(n, b + reach)
-        env[a:b] = peak_envelope(out[:, lo:hi], factors)[a - lo:b - lo]
+    rows = padded.reshape(count, chunk)
+    core, head, tail = (backend.to_host(v) for v in
+                        (rows.any(axis=1), rows[:, :h].any(axis=1), rows[:, chunk - h:].any(axis=1)))
+    touched = core.copy()
+    touched[1:] |= tail[:-1]  # the end of the chunk before lies in this chunk's window
+    touched[:-1] |= head[1:]  # and so does the start of the chunk after
+    return touched
 
 
 # --------------------------------------------------------------------------- detection
@@ -273,41 +288,56 @@ def peak_envelope(x, factors: tuple[int, ...] = (4,), curvature: float = 0.0, ga
     it reads exactly as without the term (and passes bit-identical).
     """
     xp = backend.array_module(x)
-    c, n = x.shape
+    n = x.shape[-1]
     if curvature and len(factors) != 1:
         raise ValueError("peak_envelope: curvature needs exactly one oversampling factor")
     bank = xp.asarray(phase_bank(tuple(factors)), dtype=x.dtype)
-    chunk = CHUNK_CPU if xp is np else CHUNK_GPU
-    h = HALF_TAPS
+    chunk = detect_chunk(xp)
     env = xp.empty(n, dtype=x.dtype)
-    for s in range(0, n, chunk):  # a loop over chunks of ~2^18 samples, not over samples
+    for s in range(0, n, chunk):  # a loop over chunks of ~2^17 samples, not over samples
         e = min(n, s + chunk)
-        lo, hi = max(0, s - h), min(n, e + h)
-        # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); input sample i sits at column i - lo + H
-        full = fftconvolve(x[:, None, lo:hi], bank, mode="full")
-        if curvature:
-            env[s:e] = _curved_peak(xp, x, full[..., s - lo + h - 1:e - lo + h], s, e, factors[0],
-                                    curvature, gate)
-            continue
-        ph = full[..., s - lo + h:e - lo + h]
-        xp.abs(ph, out=ph)
-        m = ph.max(axis=(0, 1))
-        xp.maximum(m, xp.abs(x[:, s:e]).max(axis=0), out=m)
-        env[s:e] = m
+        env[s:e] = envelope_chunk(xp, x, 0, s, e, n, bank, factors, curvature, gate)
     return env
 
 
-def _curved_peak(xp, x, ph, s: int, e: int, factor: int, kappa: float, gate: float):
-    """Chunk ``[s, e)`` of the curvature-bounded envelope. ``ph`` holds phases
-    1..factor-1 from base sample ``s - 1`` on (one extra column on the left)."""
-    c, m = x.shape[0], e - s
+def detect_chunk(xp) -> int:
+    """Base samples per detection chunk on this backend (the grid every envelope is computed on)."""
+    return CHUNK_CPU if xp is np else CHUNK_GPU
+
+
+def envelope_chunk(xp, xw, off: int, s: int, e: int, n: int, bank, factors, curvature: float = 0.0,
+                   gate: float = 0.0):
+    """``env[s:e]`` of :func:`peak_envelope` for an ``n``-sample signal of which
+    ``xw`` holds samples ``[off, off + xw.shape[-1])``, at least
+    ``[max(0, s - HALF_TAPS), min(n, e + HALF_TAPS))``. The same slice of the
+    signal goes through the same FFTs whether ``xw`` is the whole signal or a
+    streamed window, so the result is the same to the bit."""
+    h = HALF_TAPS
+    lo, hi = max(0, s - h), min(n, e + h)
+    # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); signal sample i sits at column i - lo + H
+    full = fftconvolve(xw[:, None, lo - off:hi - off], bank, mode="full")
+    core = xw[:, s - off:e - off]
+    if curvature:
+        nxt = xw[:, s + 1 - off:min(n, e + 1) - off]
+        return _curved_peak(xp, core, nxt, full[..., s - lo + h - 1:e - lo + h], factors[0], curvature, gate)
+    ph = full[..., s - lo + h:e - lo + h]
+    xp.abs(ph, out=ph)
+    m = ph.max(axis=(0, 1))
+    xp.maximum(m, xp.abs(core).max(axis=0), out=m)
+    return m
+
+
+def _curved_peak(xp, core, nxt, ph, factor: int, kappa: float, gate: float):
+    """One chunk of the curvature-bounded envelope: ``core`` holds its base
+    samples, ``nxt`` the samples one later (one fewer at the signal's end),
+    ``ph`` phases 1..factor-1 from one base sample before the chunk on."""
+    c, m = core.shape
     # The oversampled points in time order, with one neighbour on each side:
     # phase factor-1 of sample n-1, x[n], phases 1..factor-1 of n, x[n+1].
-    z = xp.empty((c, factor + 2, m), dtype=x.dtype)
+    z = xp.empty((c, factor + 2, m), dtype=core.dtype)
     z[:, 0] = ph[:, factor - 2, :-1]
-    z[:, 1] = x[:, s:e]
+    z[:, 1] = core
     z[:, 2:factor + 1] = ph[:, :, 1:]
-    nxt = x[:, s + 1:e + 1]
     z[:, factor + 1, :nxt.shape[1]] = nxt
     z[:, factor + 1, nxt.shape[1]:] = 0.0  # past the end the signal is zero, as in upsample
     d = z[:, :-2] + z[:, 2:]
@@ -356,28 +386,48 @@ def gain_curve(g_req, lookahead_samples: int, release_samples: float):
     xp = backend.array_module(g_req)
     g_req = xp.asarray(g_req, dtype=xp.float64)
     n = g_req.shape[-1]
-    w = int(lookahead_samples) + 1  # hold window [n, n + L]; the ramp spans [n - L, n]
-    r = math.exp(-1.0 / max(float(release_samples), 1e-9))
-    chunk = max(GAIN_CHUNK_CPU if xp is np else GAIN_CHUNK_GPU, w)
+    w, r, chunk = gain_grid(xp, lookahead_samples, release_samples)
     out = xp.empty(n, dtype=xp.float64)
     state = xp.zeros((), dtype=xp.float64)  # gain reduction (dB) before the first sample
     for s in range(0, n, chunk):  # a loop over chunks, not samples
         e = min(n, s + chunk)
-        lo, hi = max(0, s - (w - 1)), min(n, e + (w - 1))
-        g1 = _forward_min(xp, g_req[lo:hi], w)  # exact on [lo, e): windows end before hi
-        g2 = _ramp(xp, g1, w)[s - lo:e - lo]  # exact on [s, e): w - 1 samples of history
-        xp.minimum(g2, g_req[s:e], out=g2)  # proven <= g_req; this removes the running sums' rounding
-        # Release in gain reduction dB: d = max(d2, r*d) (an exact scan), so d >= d2.
-        d = xp.log(g2)
-        d *= -_DB_PER_NEPER
-        d = affine_max_scan(d, r, 0.0, state)
-        state = d[-1].copy()  # a copy: on CuPy d[-1] is a view, and d is overwritten below
-        snap = d < SNAP_DB
-        d *= -1.0 / _DB_PER_NEPER
-        g = xp.exp(d, out=d)
-        xp.maximum(g, snap, out=g)  # release tails end exactly at unity gain (g > 0, snap is 0 or 1)
-        xp.minimum(g, g2, out=out[s:e])  # exact: g <= g2 <= g_req
+        out[s:e], state = gain_chunk(xp, g_req, 0, s, e, n, w, r, state)
     return out
+
+
+def gain_grid(xp, lookahead_samples: int, release_samples: float) -> tuple[int, float, int]:
+    """(hold window w = lookahead + 1, release coefficient r per sample, chunk) of :func:`gain_curve`."""
+    w = int(lookahead_samples) + 1  # hold window [n, n + L]; the ramp spans [n - L, n]
+    r = math.exp(-1.0 / max(float(release_samples), 1e-9))
+    return w, r, max(GAIN_CHUNK_CPU if xp is np else GAIN_CHUNK_GPU, w)
+
+
+def gain_chunk(xp, gw, off: int, s: int, e: int, n: int, w: int, r: float, state):
+    """Gains ``[s, e)`` of :func:`gain_curve` and the release state after them.
+
+    ``gw`` holds ``g_req`` (float64) samples ``[off, off + len)``, at least
+    ``[max(0, s - w + 1), min(n, e + w - 1))``: hold and ramp are local, the
+    release scan starts from ``state`` (gain reduction in dB before ``s``).
+    A stretch that asks for no gain reduction, entered with none, is unity
+    gain without computing it (the computation gives exactly 1.0 there).
+    """
+    lo, hi = max(0, s - (w - 1)), min(n, e + (w - 1))
+    window = gw[lo - off:hi - off]
+    if xp is np and state == 0.0 and window.min() == 1.0:  # host only: a device check would sync
+        return xp.ones(e - s, dtype=xp.float64), state
+    g1 = _forward_min(xp, window, w)  # exact on [lo, e): windows end before hi
+    g2 = _ramp(xp, g1, w)[s - lo:e - lo]  # exact on [s, e): w - 1 samples of history
+    xp.minimum(g2, gw[s - off:e - off], out=g2)  # proven <= g_req; this removes the running sums' rounding
+    # Release in gain reduction dB: d = max(d2, r*d) (an exact scan), so d >= d2.
+    d = xp.log(g2)
+    d *= -_DB_PER_NEPER
+    d = affine_max_scan(d, r, 0.0, state)
+    state = d[-1].copy()  # a copy: on CuPy d[-1] is a view, and d is overwritten below
+    snap = d < SNAP_DB
+    d *= -1.0 / _DB_PER_NEPER
+    g = xp.exp(d, out=d)
+    xp.maximum(g, snap, out=g)  # release tails end exactly at unity gain (g > 0, snap is 0 or 1)
+    return xp.minimum(g, g2, out=g2), state  # exact: g <= g2 <= g_req
 
 
 def _forward_min(xp, g, w: int):
