@@ -36,6 +36,10 @@ For repeated measurement of the same signal at different gains (the
 loudness-target loop), compute :func:`block_energies` once and call
 :func:`gated_loudness` on ``energies * gain**2``: it is exact, because the
 K-weighting is linear.
+
+For programmes too long to hold in memory, :class:`LoudnessMeter` takes
+the signal block by block and gives the same :class:`LoudnessStats` (bit
+for bit on the host) from bounded state.
 """
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ from fractions import Fraction
 import numpy as np
 
 from . import backend
-from .oversample import true_peak
+from .convolve import fftconvolve
+from .oversample import HALF_TAPS, PEAK_CHUNK_CPU, PEAK_CHUNK_GPU, design, phase_bank, true_peak
 
 # BS.1770-4 Annex 1, eq. 2: loudness of a mean square z is -0.691 + 10 log10(z).
 LOUDNESS_OFFSET_DB = -0.691
@@ -217,7 +222,12 @@ def weighted_power(x, sample_rate: int, channel_weights: tuple[float, ...] | Non
     ``(samples,)``: the integrand of BS.1770-4 eqs. 1-2 before the mean."""
     xp, x = _as_2d(x)
     w = _weights(x.shape[0], channel_weights)
-    y = k_weight(x, sample_rate, chunk_s)
+    return _power(k_weight(x, sample_rate, chunk_s), w)
+
+
+def _power(y, w: tuple[float, ...]):
+    """sum_i w_i y_i^2 of the K-weighted ``y`` (channels, samples), float64 (samples,)."""
+    xp = backend.array_module(y)
     p = xp.zeros(y.shape[-1], dtype=xp.float64)
     for i, g in enumerate(w):  # a loop over channels, not samples
         if g != 0.0:
@@ -259,16 +269,26 @@ def window_bounds(n_samples: int, sample_rate: int, window_s: float, hop_s: floa
     alternates 1102/1103. Windows that would run past the end are not
     counted: a partial block is no 400 ms block (BS.1770-4 Annex 1).
     """
-    hr = _fraction(hop_s, "hop_s") * sample_rate  # hop in samples (rational)
-    wr = _fraction(window_s, "window_s") * sample_rate
+    hr, wr = _hop_and_window(sample_rate, window_s, hop_s)
+    return _bounds(xp.arange(_window_count(n_samples, hr, wr), dtype=xp.int64), hr, wr)
+
+
+def _hop_and_window(sample_rate: int, window_s: float, hop_s: float) -> tuple[Fraction, Fraction]:
+    """Hop and window length in samples, as exact rationals."""
+    return _fraction(hop_s, "hop_s") * sample_rate, _fraction(window_s, "window_s") * sample_rate
+
+
+def _window_count(n_samples: int, hr: Fraction, wr: Fraction) -> int:
+    """How many complete windows ``n_samples`` samples hold."""
     room = (n_samples + 1) - wr  # k hr + wr < n + 1  <=>  floor(k hr + wr) <= n
-    count = max(0, math.ceil(room / hr)) if room > 0 else 0
-    k = xp.arange(count, dtype=xp.int64)
+    return max(0, math.ceil(room / hr)) if room > 0 else 0
+
+
+def _bounds(k, hr: Fraction, wr: Fraction):
+    """(start, end) samples of windows ``k`` (int64 array): floor(k hr), floor(k hr + wr)."""
     a, b = hr.numerator, hr.denominator
     c, d = wr.numerator, wr.denominator
-    starts = (k * a) // b
-    ends = (k * (a * d) + c * b) // (b * d)
-    return starts, ends
+    return (k * a) // b, (k * (a * d) + c * b) // (b * d)
 
 
 def _window_energies(c, sample_rate: int, window_s: float, hop_s: float):
@@ -277,6 +297,12 @@ def _window_energies(c, sample_rate: int, window_s: float, hop_s: float):
     starts, ends = window_bounds(c.shape[-1] - 1, sample_rate, window_s, hop_s, xp)
     if starts.shape[0] == 0:
         return xp.zeros(0, dtype=xp.float64)
+    return _mean_squares(c, starts, ends)
+
+
+def _mean_squares(c, starts, ends):
+    """Mean power over [starts, ends) from the cumulative sums ``c`` (indexed like them)."""
+    xp = backend.array_module(c)
     z = (c[ends] - c[starts]) / (ends - starts).astype(xp.float64)
     return xp.maximum(z, 0.0)  # cumulative-sum rounding must not make a silent window negative
 
@@ -514,6 +540,11 @@ def measure(x, sample_rate: int, true_peak_factor: int = 4,
     s_max, _ = _max_energy(c, rate, SHORT_TERM_S)
     tp = true_peak(x, true_peak_factor)
     sp = xp.abs(x).max()
+    return _stats(i_sum, i_count, lra, lra_count, m_max, s_max, tp, sp)
+
+
+def _stats(i_sum, i_count, lra, lra_count, m_max, s_max, tp, sp) -> LoudnessStats:
+    """LoudnessStats from measure's device scalars, in one transfer."""
     i_sum, i_count, lra, lra_count, m_max, s_max, tp, sp = _to_host_floats(
         (i_sum, i_count, lra, lra_count, m_max, s_max, tp, sp))
     sample_peak = _db(sp)  # raises for NaN/inf samples before anything reads NaN
@@ -527,9 +558,260 @@ def measure(x, sample_rate: int, true_peak_factor: int = 4,
     )
 
 
+
+# --------------------------------------------------------------------------- streaming
+
+METER_SEGMENT_CPU = 1 << 16  # samples: small pushes are gathered into segments at least this long ...
+METER_SEGMENT_GPU = 1 << 20  # ... (larger on the device, where every launch has a fixed cost)
+METER_WHAT = ("all", "integrated")
+
+
+class _Windows:
+    """The complete windows of one (window, hop) grid as the cumulative sums grow:
+    their mean squares (``keep="all"``) or only the largest (``keep="max"``)."""
+
+    def __init__(self, sample_rate: int, window_s: float, hop_s: float, keep: str):
+        self.hr, self.wr = _hop_and_window(sample_rate, window_s, hop_s)
+        self.keep = keep
+        self.done = 0  # windows measured so far
+        self.parts: list = []
+        self.best = None  # device scalar: largest mean square so far
+
+    def advance(self, c, c0: int, n: int):
+        """Measure the windows that end by sample ``n``; ``c[i]`` is cumulative sum ``c0 + i``."""
+        xp = backend.array_module(c)
+        count = _window_count(n, self.hr, self.wr)
+        if count <= self.done:
+            return
+        starts, ends = _bounds(xp.arange(self.done, count, dtype=xp.int64), self.hr, self.wr)
+        z = _mean_squares(c, starts - c0, ends - c0)
+        self.done = count
+        if self.keep == "all":
+            self.parts.append(z)
+        else:
+            m = z.max()
+            self.best = m if self.best is None else xp.maximum(self.best, m)
+
+    def energies(self, xp):
+        """Every mean square so far, float64 (windows,)."""
+        if not self.parts:
+            return xp.zeros(0, dtype=xp.float64)
+        if len(self.parts) > 1:
+            self.parts = [xp.concatenate(self.parts)]
+        return self.parts[0]
+
+    def maximum(self, xp):
+        return xp.zeros((), dtype=xp.float64) if self.best is None else self.best
+
+
+class LoudnessMeter:
+    """:func:`measure`, block by block, in bounded memory.
+
+    ``push`` the programme as consecutive ``(channels, k)`` blocks (any
+    ``k >= 0``, NumPy or CuPy, float32 in the farm); :meth:`result` is then
+    ``measure(whole, sample_rate, true_peak_factor, channel_weights)``. On the
+    host it is bit-identical for any block sizes: the K-weighting carries its
+    ``sosfilt`` state, the cumulative power sum carries its running total
+    (the first element of the next segment's cumsum, as in the whole-signal
+    cumsum), window edges are the same integers, and the true peak is
+    computed on :func:`kernels.oversample.true_peak`'s own chunk grid with
+    the same ``HALF_TAPS`` context. On a device the K-weighting of each
+    segment starts :data:`K_WEIGHT_WARMUP_S` of carried input early (as the
+    chunked :func:`k_weight` does) and the device cumsum is parallel, so
+    results agree with :func:`measure` to float64 rounding, not bit for bit.
+
+    Held: the 400 ms and 3 s window mean squares (one float64 per 100 ms:
+    0.6 MB for two hours), the last 3 s of cumulative sums, running maxima,
+    one true-peak chunk, and the pushes not yet gathered into a segment of
+    :data:`METER_SEGMENT_CPU` (``_GPU``) samples. ``what="integrated"``
+    measures only the 400 ms gating blocks (no 3 s windows, 1 ms maxima or
+    peaks): all the loudness-target loop needs.
+
+    :meth:`result`, :meth:`integrated` and the series may be read at any
+    time (the programme so far) and pushing may continue after.
+    """
+
+    def __init__(self, sample_rate: int, channels: int, true_peak_factor: int = 4,
+                 channel_weights: tuple[float, ...] | None = None, what: str = "all"):
+        self.rate = _check_rate(sample_rate)
+        self.channels = int(channels)
+        self.weights = _weights(self.channels, channel_weights)
+        if what not in METER_WHAT:
+            raise ValueError(f"what must be one of {METER_WHAT}, got {what!r}")
+        self.what = what
+        self.factor = int(true_peak_factor)
+        design(self.factor)  # raises for a factor upsample does not have
+        self.samples = 0  # pushed so far
+        self._xp = None
+        self._dtype = None
+        self._pending: list = []
+        self._pending_n = 0
+        self._done = 0  # samples through the K-weighting
+        self._sos = None
+        self._carry = None  # "zi" (host: sosfilt state carried) or "warmup" (device: input carried)
+        self._zi = None  # sosfilt state (sections, channels, 2)
+        self._warm = int(math.ceil(K_WEIGHT_WARMUP_S * self.rate))
+        self._tail = None  # device: the last `warm` input samples (float64)
+        self._c = None  # cumulative sums c[_c0 .. _done]
+        self._c0 = 0
+        self._blocks = _Windows(self.rate, BLOCK_S, HOP_S, "all")
+        self._grids = [self._blocks]
+        self._short = self._m_max = self._s_max = None
+        if what == "all":
+            self._short = _Windows(self.rate, SHORT_TERM_S, HOP_S, "all")
+            self._m_max = _Windows(self.rate, BLOCK_S, MAX_SEARCH_HOP_S, "max")
+            self._s_max = _Windows(self.rate, SHORT_TERM_S, MAX_SEARCH_HOP_S, "max")
+            self._grids += [self._short, self._m_max, self._s_max]
+        self._history = max(int(math.ceil(g.wr)) for g in self._grids) + 1  # cumsums kept
+        self._tp_buf = None  # samples [_tp_b0, _done) still needed for the true peak
+        self._tp_b0 = 0
+        self._tp_next = 0  # start of the next true-peak chunk
+        self._tp = None  # device scalars: largest true-peak chunk peak, largest |sample|
+        self._sp = None
+
+    # -- input
+
+    def push(self, block) -> None:
+        """Add the next ``(channels, k)`` samples (``(k,)`` for mono)."""
+        xp, x = _as_2d(block)
+        if x.shape[0] != self.channels:
+            raise ValueError(f"meter has {self.channels} channels, block is shaped {tuple(x.shape)}")
+        if self._xp is None:
+            self._xp = xp
+            self._dtype = x.dtype if x.dtype in (xp.float32, xp.float64) else xp.float64
+            self._sos = xp.asarray(k_weighting_sos(self.rate))
+            self._c = xp.zeros(1, dtype=xp.float64)
+            if self._carry is None:
+                self._carry = "zi" if xp is np else "warmup"
+            if self._carry == "zi":
+                self._zi = np.zeros((self._sos.shape[0], self.channels, 2))
+            else:
+                self._tail = xp.zeros((self.channels, self._warm), dtype=xp.float64)
+        elif xp is not self._xp:
+            raise ValueError("all blocks must live on one backend (NumPy or CuPy)")
+        if x.shape[-1] == 0:
+            return
+        self._pending.append(x.astype(self._dtype, copy=False))
+        self._pending_n += x.shape[-1]
+        self.samples += x.shape[-1]
+        if self._pending_n >= (METER_SEGMENT_CPU if xp is np else METER_SEGMENT_GPU):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        xp = self._xp
+        x = self._pending[0] if len(self._pending) == 1 else xp.concatenate(self._pending, axis=-1)
+        self._pending, self._pending_n = [], 0
+        m = x.shape[-1]
+        x64 = x.astype(xp.float64, copy=False)
+        if self._carry == "zi":  # the host whole-signal path's one sosfilt, continued
+            y, self._zi = backend.signal(np).sosfilt(self._sos, x64, axis=-1, zi=self._zi)
+        else:  # the chunked device path's warm-up, from the carried input
+            ext = xp.concatenate([self._tail, x64], axis=-1)
+            y = k_weight(ext, self.rate)[:, self._warm:]
+            self._tail = ext[:, -self._warm:]
+        # [c[done], p...] cumsummed: the running total rounds into c exactly as in one cumsum
+        c_new = xp.cumsum(xp.concatenate([self._c[-1:], _power(y, self.weights)]), dtype=xp.float64)
+        c = xp.concatenate([self._c[:-1], c_new])
+        self._done += m
+        for g in self._grids:
+            g.advance(c, self._c0, self._done)
+        keep = min(self._history, c.shape[0])
+        self._c, self._c0 = c[-keep:], self._c0 + c.shape[0] - keep
+        if self.what == "all":
+            self._peaks(x)
+
+    # -- peaks
+
+    def _tp_chunk(self) -> int:
+        return PEAK_CHUNK_CPU if self._xp is np else max(1 << 16, PEAK_CHUNK_GPU * 4 // self.factor)
+
+    def _peaks(self, x) -> None:
+        """Sample peak, and every true-peak chunk of oversample.true_peak's grid whose context is in."""
+        xp = self._xp
+        m = xp.abs(x).max()
+        self._sp = m if self._sp is None else xp.maximum(self._sp, m)
+        if self.factor == 1:
+            return
+        self._tp_buf = x if self._tp_buf is None else xp.concatenate([self._tp_buf, x], axis=-1)
+        chunk, h = self._tp_chunk(), HALF_TAPS
+        peaks = []
+        while self._tp_next + chunk + h <= self._done:
+            peaks.append(self._tp_peak(self._tp_next, self._tp_next + chunk, self._tp_next + chunk + h))
+            self._tp_next += chunk
+        if peaks:
+            self._tp = _running_max(xp, self._tp, peaks)
+        drop = max(0, self._tp_next - h) - self._tp_b0
+        if drop > 0:
+            self._tp_buf, self._tp_b0 = self._tp_buf[:, drop:], self._tp_b0 + drop
+
+    def _tp_peak(self, s: int, e: int, hi: int):
+        """Peak of the non-trivial phases of true_peak's chunk [s, e), context to ``hi``."""
+        lo = max(0, s - HALF_TAPS)
+        bank = self._xp.asarray(phase_bank((self.factor,)), dtype=self._dtype)
+        seg = self._tp_buf[:, None, lo - self._tp_b0:hi - self._tp_b0]
+        full = fftconvolve(seg, bank, mode="full")
+        return self._xp.abs(full[..., s - lo + HALF_TAPS:e - lo + HALF_TAPS]).max()
+
+    def _true_peak(self):
+        """max(|x|, every phase) so far: the chunks still open are measured as if the signal ended here."""
+        xp = self._xp
+        if self.factor == 1:
+            return self._sp
+        chunk, n = self._tp_chunk(), self._done
+        last = [self._tp_peak(s, min(n, s + chunk), min(n, s + chunk + HALF_TAPS))
+                for s in range(self._tp_next, n, chunk)]
+        return _running_max(xp, self._tp, [self._sp.astype(self._dtype)] + last)
+
+    # -- results
+
+    def result(self) -> LoudnessStats:
+        """:func:`measure` of everything pushed so far (``what="all"`` only)."""
+        if self.what != "all":
+            raise ValueError('result() needs LoudnessMeter(..., what="all"); this meter measures only '
+                             'the integrated loudness (use integrated())')
+        self._flush()
+        if self.samples == 0:
+            return LoudnessStats(None, None, None, None, None, None)
+        xp = self._xp
+        i_sum, i_count = _gated_sums(self._blocks.energies(xp), ABSOLUTE_GATE_LUFS, RELATIVE_GATE_LU)
+        lra, lra_count = _lra_device(self._short.energies(xp))
+        return _stats(i_sum, i_count, lra, lra_count, self._m_max.maximum(xp), self._s_max.maximum(xp),
+                      self._true_peak(), self._sp)
+
+    def integrated(self) -> float | None:
+        """Integrated loudness (LUFS) so far, as :func:`integrated_loudness`."""
+        return gated_loudness(self.block_energies())
+
+    def block_energies(self):
+        """The 400 ms gating-block mean squares so far, as :func:`block_energies`
+        (for :func:`gated_loudness` at other gains)."""
+        self._flush()
+        return self._blocks.energies(self._xp or np)
+
+    def momentary_series(self):
+        """Momentary loudness every 100 ms so far (LUFS), as :func:`momentary`."""
+        return energy_to_lufs(self.block_energies())
+
+    def short_term_series(self):
+        """Short-term loudness every 100 ms so far (LUFS), as :func:`short_term`
+        (``what="all"`` only)."""
+        if self._short is None:
+            raise ValueError('short_term_series() needs LoudnessMeter(..., what="all")')
+        self._flush()
+        return energy_to_lufs(self._short.energies(self._xp or np))
+
+
+def _running_max(xp, current, values):
+    m = xp.max(xp.stack(values))
+    return m if current is None else xp.maximum(current, m)
+
+
 __all__ = [
     "LoudnessStats", "measure", "k_weighting_sos", "channel_weights", "k_weight", "weighted_power",
     "window_bounds", "block_energies", "energy_to_lufs", "gated_loudness", "integrated_loudness",
     "momentary", "short_term", "max_momentary", "max_short_term", "loudness_range",
     "loudness_range_from_energies", "true_peak_dbtp", "true_peak_over", "sample_peak_dbfs",
+    "LoudnessMeter",
 ]
