@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend
+from .stream import Streamer
 
 MODES = ("full", "same", "valid")
 
@@ -98,23 +99,161 @@ def convolve_mimo(x, h):
         raise ValueError(
             f"convolve_mimo needs x shaped (..., C_in, N) and h shaped (C_out, C_in, M) with "
             f"matching C_in; got x {tuple(x.shape)} and h {tuple(h.shape)}")
-    c_in = x.shape[-2]
-
-    def mix(spec_x, spec_h, frames):
-        # spec_x (..., C_in[, K], F), spec_h (C_out, C_in, F) -> (..., C_out[, K], F)
-        tail = (slice(None),) * (2 if frames else 1)  # the [K,] F axes
-        hh = spec_h[..., None, :] if frames else spec_h
-        out = spec_x[(Ellipsis, slice(0, 1)) + tail] * hh[:, 0]
-        for i in range(1, c_in):  # loop over channels, not samples
-            out += spec_x[(Ellipsis, slice(i, i + 1)) + tail] * hh[:, i]
-        return out
-
     size = block_size(x.shape[-1], h.shape[-1])
     if size is None:
-        full = _single_fft(xp, x, h, lambda s, hs: mix(s, hs, False))
+        full = _single_fft(xp, x, h, lambda s, hs: _mix(s, hs, False))
     else:
-        full = _overlap_save(xp, x, h, size, lambda s, hs: mix(s, hs, True))
+        full = _overlap_save(xp, x, h, size, lambda s, hs: _mix(s, hs, True))
     return full.astype(dtype, copy=False)
+
+
+class SampleQueue:
+    """FIFO of (channels, k) blocks: appends are O(1), taking concatenates once."""
+
+    def __init__(self):
+        self._parts = []
+        self.size = 0  # samples queued
+
+    def append(self, x) -> None:
+        if x.shape[-1]:
+            self._parts.append(x)
+            self.size += x.shape[-1]
+
+    def take(self, k: int, extra: int = 0):
+        """The first ``k + extra`` queued samples; only the first ``k`` leave the queue."""
+        xp = backend.array_module(self._parts[0])
+        seg = self._parts[0] if len(self._parts) == 1 else xp.concatenate(self._parts, axis=-1)
+        rest = seg[..., k:]
+        self._parts = [rest] if rest.shape[-1] else []
+        self.size = rest.shape[-1]
+        return seg[..., :k + extra]
+
+
+class ConvolveStream(Streamer):
+    """Samples ``[offset, offset + length)`` of the full convolution of a
+    (channels, total) signal with ``h``, block by block.
+
+    ``h``: (M,) or (1, M) for every channel, (channels, M) per channel (as
+    :func:`fftconvolve`), or (C_out, channels, M) true stereo / MIMO (as
+    :func:`convolve_mimo`). ``length`` defaults to the rest of the full
+    ``total + M - 1`` samples (``offset=(M-1)//2, length=total`` is the
+    "same" crop). Output dtype: float32 if the blocks and ``h`` are, else
+    float64; with ``cast=True`` ``h`` is first cast to the blocks' float
+    dtype (float64 for other dtypes) and moved to their backend, as
+    ``apply_eq``/``apply_reverb`` do with host float64 filters.
+
+    Holds M - 1 samples of history plus at most one FFT frame of input
+    (:func:`block_size`) between blocks. When the whole-signal functions
+    would use a single FFT (a signal not much longer than the filter) the
+    streamer queues the signal (then bounded by a few filter lengths) and
+    convolves it at :meth:`finish`.
+    """
+
+    def __init__(self, h, channels: int, total: int, offset: int = 0, length: int | None = None,
+                 cast: bool = False):
+        self.mimo = h.ndim == 3
+        if h.ndim not in (1, 2, 3) or h.shape[-1] == 0 or (self.mimo and h.shape[1] != channels) or (
+                h.ndim == 2 and h.shape[0] not in (1, channels)):
+            raise ValueError(f"a filter shaped {tuple(h.shape)} does not fit a {channels}-channel signal; "
+                             f"use (M,), (1, M), ({channels}, M) or (C_out, {channels}, M)")
+        self.h, self.channels, self.total, self.cast = h, channels, int(total), cast
+        self.m = m = int(h.shape[-1])
+        self.c_out = int(h.shape[0]) if self.mimo else channels
+        full = self.total + m - 1
+        self.offset = int(offset)
+        self.stop = full if length is None else self.offset + int(length)
+        if not 0 <= self.offset <= self.stop <= full:
+            raise ValueError(f"samples [{offset}, {self.stop}) are not within the {full}-sample convolution")
+        # the whole-signal functions' plan: fftconvolve treats the longer input as the signal
+        self.size = block_size(self.total, m) if (self.mimo or self.total >= m) else None
+        self.hop = None if self.size is None else self.size - m + 1
+        self._queue = SampleQueue()
+        self._received = 0  # input samples pushed
+        self._frames = 0  # overlap-save frames done
+        self._pos = 0  # full-convolution samples produced
+        self._xp = self._dtype = self._spec = None
+
+    def _setup(self, x):
+        xp = self._xp = backend.array_module(x)
+        if self.cast:
+            dtype = x.dtype if x.dtype in (xp.float32, xp.float64) else xp.float64
+        else:
+            h = xp.asarray(self.h)
+            dtype = xp.float32 if (x.dtype == xp.float32 and h.dtype == xp.float32) else xp.float64
+        self._dtype = dtype
+        self.h = xp.asarray(self.h, dtype=dtype)
+        if self.size is not None:
+            self._spec = backend.fft(xp).rfft(self.h, self.size)  # once, as the whole-signal path does
+            self._queue.append(xp.zeros((self.channels, self.m - 1), dtype=dtype))  # the leading M-1 zeros
+
+    def _empty(self):
+        xp = self._xp or backend.array_module(self.h)
+        return xp.zeros((self.c_out, 0), dtype=xp.float32 if self._dtype is None else self._dtype)
+
+    def push(self, x):
+        if x.ndim != 2 or x.shape[0] != self.channels:
+            raise ValueError(f"expected a ({self.channels}, k) block, got {tuple(x.shape)}")
+        self._received += x.shape[-1]
+        if self._received > self.total:
+            raise ValueError(f"more than the announced {self.total} samples were pushed")
+        if self._xp is None:
+            self._setup(x)
+        self._queue.append(x.astype(self._dtype))  # a copy: callers may reuse their block buffers
+        if self.size is None:
+            return self._empty()
+        return self._frames_out((self._queue.size - (self.m - 1)) // self.hop)
+
+    def finish(self):
+        if self._received != self.total:
+            raise ValueError(f"{self._received} samples were pushed, {self.total} announced")
+        if self._xp is None:  # no block at all
+            raise ValueError("convolution needs non-empty inputs on the last axis")
+        if self.size is None:
+            x = self._queue.take(self._queue.size)
+            full = convolve_mimo(x, self.h) if self.mimo else fftconvolve(x, self.h)
+            return self._crop(full)
+        frames = -(-(self.total + self.m - 1) // self.hop) - self._frames
+        pad = frames * self.hop + self.m - 1 - self._queue.size  # the zeros past the end
+        if pad > 0:
+            self._queue.append(self._xp.zeros((self.channels, pad), dtype=self._dtype))
+        return self._frames_out(frames)
+
+    def _frames_out(self, frames: int):
+        """The next ``frames`` overlap-save frames' outputs, cropped."""
+        if frames <= 0:
+            return self._empty()
+        xp, m, hop = self._xp, self.m, self.hop
+        f = backend.fft(xp)
+        seg = self._queue.take(frames * hop, m - 1)
+        body = seg[:, :frames * hop].reshape(self.channels, frames, hop)
+        heads = xp.concatenate([body[:, 1:, :m - 1], seg[:, None, frames * hop:]], axis=1)
+        framed = xp.concatenate([body, heads], axis=-1)  # (channels, frames, size)
+        spec = f.rfft(framed, self.size)
+        del framed
+        if self.mimo:
+            spec = _mix(spec, self._spec, True)
+        else:
+            spec = _multiply(spec, self._spec[..., None, :])
+        out = f.irfft(spec, self.size)[..., m - 1:]
+        self._frames += frames
+        return self._crop(out.reshape(out.shape[:-2] + (frames * hop,)))
+
+    def _crop(self, y):
+        a = self._pos
+        self._pos += y.shape[-1]
+        lo, hi = max(a, self.offset), min(self._pos, self.stop)
+        return y[..., lo - a:hi - a] if hi > lo else self._empty()
+
+
+def _mix(spec_x, spec_h, frames: bool):
+    """``sum_i spec_x[..., i] * spec_h[:, i]``: spec_x (..., C_in[, K], F), spec_h
+    (C_out, C_in, F) -> (..., C_out[, K], F); ``frames`` says whether the K axis is there."""
+    tail = (slice(None),) * (2 if frames else 1)  # the [K,] F axes
+    hh = spec_h[..., None, :] if frames else spec_h
+    out = spec_x[(Ellipsis, slice(0, 1)) + tail] * hh[:, 0]
+    for i in range(1, spec_h.shape[1]):  # loop over channels, not samples
+        out += spec_x[(Ellipsis, slice(i, i + 1)) + tail] * hh[:, i]
+    return out
 
 
 def _as_real(xp, in1, in2):

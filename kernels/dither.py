@@ -20,17 +20,27 @@ over chunks and channels), each with a fresh filter state. The loop is over
 the position inside a chunk, not over the samples of the track; a fresh
 state only makes the first five samples of each chunk unshaped (white TPDF
 noise), which moves the long-term spectrum by well under 0.1 dB.
+
+The TPDF noise is drawn from one generator (seeded by ``params.seed``) block
+by block, :data:`DITHER_BLOCK_CPU` samples on the host and
+:data:`DITHER_BLOCK_GPU` on the device, the same for flat and shaped
+quantization. Both block sizes are multiples of :data:`SHAPING_CHUNK`, so
+:class:`QuantizeStream`, which works on the same blocks, gives the
+whole-signal output bit for bit whatever blocks it is fed.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import backend
+from .convolve import SampleQueue
 from .params import DitherParams
+from .stream import Identity, Streamer
 
 LIPSHITZ_44K = (2.033, -2.165, 1.959, -1.590, 0.6149)
 SHAPING_CHUNK = 4096  # samples per chunk of the chunk-parallel error feedback
-DITHER_BLOCK_CPU = 1 << 16  # samples per block of flat TPDF quantization on the host
+DITHER_BLOCK_CPU = 1 << 16  # samples per block of TPDF draws and flat quantization on the host
+DITHER_BLOCK_GPU = 1 << 22  # the same on the device (fewer, larger kernel launches)
 
 
 def lsb(bit_depth: int) -> float:
@@ -52,10 +62,20 @@ def max_error_lsb(params: DitherParams) -> float:
     return e
 
 
-def _tpdf(xp, shape, seed: int, dtype):
-    # numpy.random and cupy.random both offer default_rng().random(size, dtype)
-    g = xp.random.default_rng(seed)
-    return g.random(shape, dtype=dtype) - g.random(shape, dtype=dtype)
+def dither_block(xp) -> int:
+    """Samples per block of TPDF draws on this backend (the noise's grid)."""
+    return DITHER_BLOCK_CPU if xp is np else DITHER_BLOCK_GPU
+
+
+def _tpdf(xp, g, shape, block: int):
+    """TPDF dither in LSB for ``shape`` (..., n), drawn from ``g`` block by block
+    exactly as the flat path draws it (two uniforms per sample, per block)."""
+    d = xp.empty(shape, dtype=xp.float64)
+    for s in range(0, shape[-1], block):  # a loop over blocks, not samples
+        b = d[..., s:s + block]
+        r = g.random(b.shape, dtype=xp.float64)
+        xp.subtract(r, g.random(b.shape, dtype=xp.float64), out=b)
+    return d
 
 
 def quantize(x, params: DitherParams):
@@ -67,20 +87,28 @@ def quantize(x, params: DitherParams):
     if params.bypass or params.bit_depth is None:
         return x
     xp = backend.array_module(x)
-    x = xp.asarray(x)
+    g = xp.random.default_rng(params.seed) if params.dither else None
+    return _quantize(xp, xp.asarray(x), params, g)
+
+
+def _quantize(xp, x, params: DitherParams, g):
+    """:func:`quantize` of ``x`` drawing from generator ``g`` (None: no dither).
+
+    Consecutive calls on consecutive segments that start on the
+    :func:`dither_block` grid give the same output as one call on the whole.
+    """
     scale = 2.0 ** (params.bit_depth - 1)
+    block = dither_block(xp)
     if params.noise_shaping == "lipshitz":
         # float64 internally: float32 cannot hold every 24-bit code next to a fraction
         v = x.astype(xp.float64) * scale
-        d = _tpdf(xp, v.shape, params.seed, xp.float64) if params.dither else None
+        d = _tpdf(xp, g, v.shape, block) if g is not None else None
         q = xp.clip(_shaped(xp, v, d), -scale, scale - 1.0)
         return (q / scale).astype(xp.float32)
     # Flat TPDF, block by block in place: float64 temporaries of one block stay in
     # cache on the host (8 whole-track float64 arrays took ~1 s for 4 min stereo).
     out = xp.empty(x.shape, dtype=xp.float32)
-    g = xp.random.default_rng(params.seed) if params.dither else None
     n = x.shape[-1]
-    block = DITHER_BLOCK_CPU if xp is np else max(n, 1)
     for s in range(0, n, block):  # a loop over blocks of 64k samples, not over samples
         v = x[..., s:s + block].astype(xp.float64)
         v *= scale
@@ -92,6 +120,52 @@ def quantize(x, params: DitherParams):
         v /= scale
         out[..., s:s + block] = v
     return out
+
+
+class QuantizeStream(Streamer):
+    """:func:`quantize` block by block for a (channels, n) signal, equal to it
+    bit for bit for any block sizes.
+
+    The TPDF noise is drawn per :func:`dither_block` block (64k samples on
+    the host), so with dither or noise shaping the streamer holds back up to
+    one block until the block is complete (or :meth:`finish`); undithered
+    flat rounding is per sample and passes straight through. Bypass or
+    ``bit_depth=None`` passes blocks through unchanged.
+    """
+
+    def __init__(self, params: DitherParams, channels: int):
+        self.params, self.channels = params, channels
+        self._inner = Identity(channels) if (params.bypass or params.bit_depth is None) else None
+        self._queue = SampleQueue()
+        self._xp = self._g = None
+        # flat undithered rounding has no grid; shaping's chunks (4096) divide the dither block
+        self._grid = None if (params.dither or params.noise_shaping == "lipshitz") else 1
+
+    def push(self, x):
+        if self._inner is not None:
+            return self._inner.push(x)
+        if x.ndim != 2 or x.shape[0] != self.channels:
+            raise ValueError(f"expected a ({self.channels}, k) block, got {tuple(x.shape)}")
+        if self._xp is None:
+            self._xp = backend.array_module(x)
+            self._g = self._xp.random.default_rng(self.params.seed) if self.params.dither else None
+            if self._grid is None:
+                self._grid = dither_block(self._xp)
+        if self._grid == 1:
+            return _quantize(self._xp, x, self.params, None)
+        self._queue.append(x.astype(self._xp.float32 if x.dtype == self._xp.float32 else self._xp.float64))
+        ready = self._queue.size // self._grid * self._grid
+        if not ready:
+            return self._xp.zeros((self.channels, 0), dtype=self._xp.float32)
+        return _quantize(self._xp, self._queue.take(ready), self.params, self._g)
+
+    def finish(self):
+        if self._inner is not None:
+            return self._inner.finish()
+        xp = self._xp or np
+        if not self._queue.size:
+            return xp.zeros((self.channels, 0), dtype=xp.float32)
+        return _quantize(xp, self._queue.take(self._queue.size), self.params, self._g)
 
 
 def _shaped(xp, v, d):

@@ -22,6 +22,10 @@ high/low-pass): ~170 ms meets it for all but 22-24 of them (Q >= 2 below
 48 and 96 kHz. A Kaiser window (beta 4-8) in place of the Tukey needed 4x
 the length for the same error. Sharper bands than that get the best
 ~1.4 s design and may miss 0.1 dB.
+
+:class:`EQStream` is the streaming form (:mod:`kernels.stream`): the same
+FIR through :class:`kernels.convolve.ConvolveStream`, equal to
+:func:`apply_eq` bit for bit on the host.
 """
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ import numpy as np
 import scipy.signal
 
 from . import backend
-from .convolve import fftconvolve
+from .convolve import ConvolveStream, fftconvolve
 from .params import EQBand, EQParams
+from .stream import Identity, Streamer
 
 MIN_FREQ_HZ = 30.0  # accuracy is promised from here up to Nyquist
 MAX_ERROR_DB = 0.1
@@ -158,3 +163,27 @@ def apply_eq(x, sample_rate: float, params: EQParams):
     # "same" keeps samples [(M-1)/2, (M-1)/2 + N) of the full convolution:
     # exactly the group delay of an odd symmetric FIR.
     return fftconvolve(x.astype(dtype, copy=False), taps, mode="same")
+
+
+class EQStream(Streamer):
+    """:func:`apply_eq` block by block for a (channels, total) signal at ``sample_rate`` Hz.
+
+    Holds back the FIR's (taps - 1) / 2 samples of delay (plus up to one FFT
+    frame) until the future samples they need arrive; :meth:`finish` gives
+    the rest. Bypassed or band-less params pass blocks through unchanged.
+    """
+
+    def __init__(self, params: EQParams, sample_rate: float, channels: int, total: int):
+        if params.bypass or not params.bands:
+            self._inner = Identity(channels)
+            return
+        taps = design_eq(params, sample_rate)
+        # "same" crop, as apply_eq: samples [(M-1)/2, (M-1)/2 + total) of the full convolution
+        self._inner = ConvolveStream(taps, channels, total, offset=(taps.size - 1) // 2, length=total,
+                                     cast=True)
+
+    def push(self, x):
+        return self._inner.push(x)
+
+    def finish(self):
+        return self._inner.finish()

@@ -18,6 +18,9 @@ per channel (C = the track's channels); true stereo ``(2, 2, M)`` as
 multichannel IR's channels. IRs are designed and resampled in
 float64 on the host; the audio is convolved in its own dtype on its own
 backend.
+
+:class:`ReverbStream` is the streaming form (:mod:`kernels.stream`), equal
+to :func:`apply_reverb` bit for bit on the host.
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ from fractions import Fraction
 import numpy as np
 
 from . import backend
-from .convolve import convolve_mimo, fftconvolve
+from .convolve import ConvolveStream, SampleQueue, convolve_mimo, fftconvolve
 from .params import REVERB_TYPES, ReverbParams
+from .stream import Identity, Streamer
 
 CROSSOVERS_HZ = (250.0, 1000.0, 4000.0)
 BAND_CENTRES_HZ = (125.0, 500.0, 2000.0, 8000.0)  # where each band's decay is pure (tests measure here)
@@ -180,6 +184,28 @@ def ir_layout(ir: np.ndarray, channels: int) -> np.ndarray:
 LFE_CHANNEL_5_1 = 3  # index of the LFE in a 6-channel (5.1) programme; reverb never feeds it
 
 
+def _reverb_filter(params: ReverbParams, sample_rate: int, channels: int, ir) -> np.ndarray:
+    """The wet path's filter (host float64): normalised IR in a layout for
+    ``channels``, pre-delay as leading zeros, times the wet gain."""
+    if ir is None and not params.is_builtin:
+        raise ValueError(f"reverb ir {params.ir!r} is a file: decode it, resample it with "
+                         "kernels.reverb.resample_ir and pass it as ir=")
+    if ir is None:
+        # one decorrelated IR channel per track channel: mono, stereo and 5.1 alike
+        ir = synthetic_ir(params.ir, sample_rate, params.decay_s, params.seed, channels=channels)
+    h = normalize_ir(ir_layout(np.asarray(backend.to_host(ir), dtype=np.float64), channels))
+    delay = int(round(params.predelay_ms * 1e-3 * sample_rate))
+    if delay:  # pre-delay as leading zeros of the IR: exact, and free inside the FFT
+        h = np.concatenate([np.zeros(h.shape[:-1] + (delay,)), h], axis=-1)
+    h *= 10.0 ** (params.wet_db / 20.0)
+    return h
+
+
+def _fade_ramp(xp, fade: int, dtype):
+    """Raised-cosine gain of the wet path over the last ``fade`` samples (tail="trim")."""
+    return xp.cos(xp.linspace(0.0, 0.5 * math.pi, fade + 1, dtype=dtype)[1:]) ** 2
+
+
 def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None):
     """Convolution reverb on ``x`` (channels, samples) at ``sample_rate`` Hz.
 
@@ -194,23 +220,13 @@ def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None):
     """
     if params.bypass:
         return x
-    if ir is None and not params.is_builtin:
-        raise ValueError(f"reverb ir {params.ir!r} is a file: decode it, resample it with "
-                         "kernels.reverb.resample_ir and pass it as ir=")
     if x.ndim != 2:
         raise ValueError(f"apply_reverb takes audio shaped (channels, samples), got {tuple(x.shape)}")
-    if ir is None:
-        # one decorrelated IR channel per track channel: mono, stereo and 5.1 alike
-        ir = synthetic_ir(params.ir, sample_rate, params.decay_s, params.seed, channels=x.shape[0])
+    h = _reverb_filter(params, sample_rate, x.shape[0], ir)
     xp = backend.array_module(x)
     dtype = x.dtype if x.dtype in (xp.float32, xp.float64) else xp.float64
     x = x.astype(dtype, copy=False)
     channels, n = x.shape
-    h = normalize_ir(ir_layout(np.asarray(backend.to_host(ir), dtype=np.float64), channels))
-    delay = int(round(params.predelay_ms * 1e-3 * sample_rate))
-    if delay:  # pre-delay as leading zeros of the IR: exact, and free inside the FFT
-        h = np.concatenate([np.zeros(h.shape[:-1] + (delay,)), h], axis=-1)
-    h *= 10.0 ** (params.wet_db / 20.0)
     h_dev = xp.asarray(h, dtype=dtype)
     wet = convolve_mimo(x, h_dev) if h.ndim == 3 else fftconvolve(x, h_dev)
     if channels == 6:  # 5.1 in WAV/FLAC/SMPTE order (L, R, C, LFE, Ls, Rs): the LFE stays dry
@@ -225,7 +241,69 @@ def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None):
     if fade:
         # raised-cosine fade of the wet path only: the reverb dies at the end of
         # the file instead of being cut off mid-tail
-        ramp = xp.cos(xp.linspace(0.0, 0.5 * math.pi, fade + 1, dtype=dtype)[1:]) ** 2
-        out[:, n - fade:] *= ramp
+        out[:, n - fade:] *= _fade_ramp(xp, fade, dtype)
     out += x * dry_gain if dry_gain != 1.0 else x
     return out
+
+
+class ReverbStream(Streamer):
+    """:func:`apply_reverb` block by block for a (channels, total) signal at ``sample_rate`` Hz.
+
+    The wet path runs through :class:`kernels.convolve.ConvolveStream`; the
+    dry blocks wait (at most one FFT frame, or the whole signal when it is
+    not much longer than the IR) for the wet samples they are added to.
+    ``tail="trim"`` gives ``total`` samples with the wet path faded over the
+    last ``fade_ms``; ``tail="keep"`` gives ``total + predelay + M - 1``,
+    the ring-out coming from :meth:`finish`. Bypass passes blocks through.
+    """
+
+    def __init__(self, params: ReverbParams, sample_rate: int, channels: int, total: int, ir=None):
+        if params.bypass:
+            self._inner = Identity(channels)
+            return
+        self._inner = None
+        h = _reverb_filter(params, sample_rate, channels, ir)
+        keep = params.tail == "keep"
+        self.channels, self.total = channels, int(total)
+        self._wet = ConvolveStream(h, channels, total, length=None if keep else total, cast=True)
+        self._dry = SampleQueue()
+        self._dry_gain = 10.0 ** (params.dry_db / 20.0)
+        self._fade = 0 if keep else min(self.total, int(round(params.fade_ms * 1e-3 * sample_rate)))
+        self._ramp = None
+        self._pos = 0  # output samples given back
+
+    def push(self, x):
+        if self._inner is not None:
+            return self._inner.push(x)
+        if x.ndim != 2:
+            raise ValueError(f"ReverbStream takes blocks shaped (channels, samples), got {tuple(x.shape)}")
+        xp = backend.array_module(x)
+        dtype = x.dtype if x.dtype in (xp.float32, xp.float64) else xp.float64
+        x = x.astype(dtype)  # a copy: it waits for its wet samples, callers may reuse their buffers
+        self._dry.append(x)
+        return self._mix(self._wet.push(x))
+
+    def finish(self):
+        if self._inner is not None:
+            return self._inner.finish()
+        return self._mix(self._wet.finish())
+
+    def _mix(self, wet):
+        """Wet samples [pos, pos + k) -> output: LFE dry, trim fade, plus the dry signal."""
+        a, k = self._pos, wet.shape[-1]
+        if not k:
+            return wet
+        self._pos += k
+        if self.channels == 6:
+            wet[LFE_CHANNEL_5_1] = 0.0
+        start = self.total - self._fade  # first faded sample
+        if self._fade and a + k > start:
+            if self._ramp is None:
+                self._ramp = _fade_ramp(backend.array_module(wet), self._fade, wet.dtype)
+            lo = max(a, start)
+            wet[:, lo - a:] *= self._ramp[lo - start:a + k - start]
+        j = min(k, self.total - a)  # output samples that have a dry sample
+        if j > 0:
+            d = self._dry.take(j)
+            wet[:, :j] += d * self._dry_gain if self._dry_gain != 1.0 else d
+        return wet
