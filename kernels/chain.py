@@ -139,11 +139,86 @@ def master(x, sample_rate: int, params: ChainParams, ir=None) -> MasterResult:
     return dataclasses.replace(result, stage_seconds=seconds)
 
 
-def _target_loop(xp, y, rate: int, params: ChainParams, seconds: dict) -> MasterResult:
-    lp, lim, dp = params.loudness, params.limiter, params.dither
+def working_limiter(params: ChainParams) -> LimiterParams:
+    """The limiter's parameters with its working ceiling (dBTP).
+
+    Quantization moves each sample by at most ``err``, so every interpolated
+    value (the true peak at any oversampling) by at most ``err * peak_gain``:
+    the limiter works under the ceiling by that much and the PCM meets the
+    ceiling by construction.
+    """
+    lim, dp = params.limiter, params.dither
     quantizing = not dp.bypass and dp.bit_depth is not None
+    ceiling_lin = 10.0 ** (lim.ceiling_dbtp / 20.0)
+    err = dither.max_error_lsb(dp) * dither.lsb(dp.bit_depth) if quantizing else 0.0
+    bound = err * max(oversample.peak_gain(f) for f in (lim.oversample, limiter.CHECK_FACTOR))
+    return dataclasses.replace(lim, ceiling_dbtp=min(_db(ceiling_lin - bound), 0.0))
+
+
+@dataclass(frozen=True)
+class LoopOutcome:
+    """Where the loudness-target loop stopped: the gain (dB) of the pass kept."""
+
+    gain_db: float
+    level_lufs: float | None  # of that pass's limited output (None without a target)
+    passes: int
+    reached: bool
+    reason: str = ""
+
+
+def loudness_loop(start_lufs: float | None, params: ChainParams, trial) -> LoopOutcome:
+    """The loudness-target loop, independent of how a pass is run.
+
+    ``start_lufs``: integrated loudness of the shared stages' output (None
+    when no target is set). ``trial(gain_db) -> (level_lufs, max_gain_reduction_db)``
+    runs one unchecked limiter pass at that static gain and measures it (the
+    whole-signal chain on arrays, the streamed render over files). Secant
+    steps on the gain until the level is within the tolerance, the limiter
+    would need more than ``max_gain_reduction_db``, or the passes run out.
+    The last pass run is the one kept.
+    """
+    lp = params.loudness
     target = None if lp.bypass else lp.target_lufs
-    if target is None and lim.bypass and not quantizing:
+    if target is None:
+        trial(0.0)
+        return LoopOutcome(0.0, None, 1, True)
+    if start_lufs is None:
+        raise UnmeasurableError(
+            "no valid integrated loudness: the programme is silent or entirely below the "
+            "-70 LUFS absolute gate (BS.1770-4), so no gain can reach the target")
+    gain_db = target - start_lufs
+    history: list[tuple[float, float]] = []
+    for npass in range(1, lp.max_passes + 1):
+        level, gr_db = trial(gain_db)
+        if level is None:  # cannot happen for a measurable input and finite gain; be explicit anyway
+            raise UnmeasurableError("the limited output has no valid integrated loudness")
+        miss = target - level
+        history.append((gain_db, level))
+        if abs(miss) <= lp.tolerance_lu:
+            return LoopOutcome(gain_db, level, npass, True)
+        if miss > 0 and gr_db > lp.max_gain_reduction_db:
+            return LoopOutcome(gain_db, level, npass, False,
+                               f"target {target:.1f} LUFS needs more than {lp.max_gain_reduction_db:.1f} dB of "
+                               f"limiting: reached {level:.2f} LUFS with {gr_db:.1f} dB of gain reduction")
+        if npass == lp.max_passes:
+            return LoopOutcome(gain_db, level, npass, False,
+                               f"loudness loop did not converge in {lp.max_passes} passes: "
+                               f"{level:.2f} LUFS for a target of {target:.1f} LUFS")
+        gain_db += miss / _slope(history)
+    raise AssertionError("unreachable: max_passes >= 1")
+
+
+def needs_loop(params: ChainParams) -> bool:
+    """False when nothing after the shared stages runs (no target, no limiter, no quantizer)."""
+    dp = params.dither
+    quantizing = not dp.bypass and dp.bit_depth is not None
+    target = None if params.loudness.bypass else params.loudness.target_lufs
+    return not (target is None and params.limiter.bypass and not quantizing)
+
+
+def _target_loop(xp, y, rate: int, params: ChainParams, seconds: dict) -> MasterResult:
+    lim, dp = params.limiter, params.dither
+    if not needs_loop(params):
         return MasterResult(y, 0.0, 0.0, None, None, 0, True)
 
     def timed(name, fn, *a):
@@ -152,68 +227,36 @@ def _target_loop(xp, y, rate: int, params: ChainParams, seconds: dict) -> Master
         seconds[name] = seconds.get(name, 0.0) + _now(y) - t0
         return out
 
-    gain_db = 0.0
-    if target is not None:
-        start = timed("loudness", loudness.integrated_loudness, y, rate)
-        if start is None:
-            raise UnmeasurableError(
-                "no valid integrated loudness: the programme is silent or entirely below the "
-                "-70 LUFS absolute gate (BS.1770-4), so no gain can reach the target")
-        gain_db = target - start
+    measuring = not params.loudness.bypass and params.loudness.target_lufs is not None
+    start = timed("loudness", loudness.integrated_loudness, y, rate) if measuring else None
+    work = working_limiter(params)
+    kept = {}
 
-    # Quantization moves each sample by at most `err`, so every interpolated value
-    # (the true peak at any oversampling) by at most err * peak_gain: the limiter
-    # works under the ceiling by that much and the PCM meets the ceiling by construction.
-    ceiling_lin = 10.0 ** (lim.ceiling_dbtp / 20.0)
-    err = dither.max_error_lsb(dp) * dither.lsb(dp.bit_depth) if quantizing else 0.0
-    bound = err * max(oversample.peak_gain(f) for f in (lim.oversample, limiter.CHECK_FACTOR))
-    work_ceiling_db = min(_db(ceiling_lin - bound), 0.0)
-
-    work = dataclasses.replace(lim, ceiling_dbtp=work_ceiling_db)
-
-    def limited_at(gain_db: float):
-        """(gained input, unchecked limiter result): the 16x check runs once, on the pass kept."""
+    def trial(gain_db: float):
+        """One unchecked limiter pass at ``gain_db``, measured; the 16x check runs once, on the pass kept.
+        The loop runs on the float signal: dither adds noise ~90 dB below the
+        programme, which moves integrated loudness by far less than 0.001 LU."""
         g = xp.float32(10.0 ** (gain_db / 20.0))
         gained = y * g if gain_db != 0.0 else y
-        return gained, timed("limiter", limiter.limit, gained, rate, work, False)
+        res = timed("limiter", limiter.limit, gained, rate, work, False)
+        kept.update(gained=gained, res=res)
+        level = timed("loudness", loudness.integrated_loudness, res.audio, rate) if measuring else None
+        return level, res.max_gain_reduction_db
 
-    # The loop runs on the float signal: dither adds noise ~90 dB below the
-    # programme, which moves integrated loudness by far less than 0.001 LU.
-    history: list[tuple[float, float]] = []
-    level, reached, reason, npass = None, True, "", 0
-    for npass in range(1, lp.max_passes + 1):
-        gained, res = limited_at(gain_db)
-        limited, gr_db = res.audio, res.max_gain_reduction_db
-        if target is None:
-            break
-        level = timed("loudness", loudness.integrated_loudness, limited, rate)
-        if level is None:  # cannot happen for a measurable input and finite gain; be explicit anyway
-            raise UnmeasurableError("the limited output has no valid integrated loudness")
-        miss = target - level
-        history.append((gain_db, level))
-        if abs(miss) <= lp.tolerance_lu:
-            break
-        if miss > 0 and gr_db > lp.max_gain_reduction_db:
-            reached = False
-            reason = (f"target {target:.1f} LUFS needs more than {lp.max_gain_reduction_db:.1f} dB of "
-                      f"limiting: reached {level:.2f} LUFS with {gr_db:.1f} dB of gain reduction")
-            break
-        if npass == lp.max_passes:
-            reached = False
-            reason = (f"loudness loop did not converge in {lp.max_passes} passes: "
-                      f"{level:.2f} LUFS for a target of {target:.1f} LUFS")
-            break
-        gain_db += miss / _slope(history)
-
-    res = timed("limiter", limiter.check, gained, res, rate, work)
+    loop = loudness_loop(start, params, trial)
+    res = timed("limiter", limiter.check, kept["gained"], kept["res"], rate, work)
     out = timed("dither", dither.quantize, res.audio, dp)
-    gr_db = res.max_gain_reduction_db
     tp = timed("true_peak", loudness.true_peak_dbtp, out, 4)
-    if not lim.bypass and tp is not None and tp > lim.ceiling_dbtp:  # the bound above makes this unreachable
+    check_ceiling(tp, lim, work)
+    return MasterResult(out, loop.gain_db, res.max_gain_reduction_db, loop.level_lufs, tp, loop.passes,
+                        loop.reached, loop.reason, ceiling_dbtp_used=None if lim.bypass else work.ceiling_dbtp)
+
+
+def check_ceiling(tp: float | None, lim: LimiterParams, work: LimiterParams) -> None:
+    """The quantized output's 4x true peak must be under the ceiling (the working ceiling makes it so)."""
+    if not lim.bypass and tp is not None and tp > lim.ceiling_dbtp:
         raise RuntimeError(f"quantized output reads {tp:.4f} dBTP, over the {lim.ceiling_dbtp} dBTP ceiling "
-                           f"(working ceiling {work_ceiling_db:.4f} dBTP): a bug in the limiter or quantizer")
-    return MasterResult(out, gain_db, gr_db, level, tp, npass, reached, reason,
-                        ceiling_dbtp_used=None if lim.bypass else work_ceiling_db)
+                           f"(working ceiling {work.ceiling_dbtp:.4f} dBTP): a bug in the limiter or quantizer")
 
 
 def _slope(history) -> float:
@@ -227,5 +270,5 @@ def _slope(history) -> float:
     return min(1.0, max(0.05, (l1 - l0) / (g1 - g0)))
 
 
-__all__ = ["Chain", "Stage", "EQStage", "ReverbStage", "MasterResult", "UnmeasurableError",
-           "master", "shared_stages", "ChainParams", "DitherParams", "LimiterParams"]
+__all__ = ["Chain", "Stage", "EQStage", "ReverbStage", "MasterResult", "LoopOutcome", "UnmeasurableError",
+           "check_ceiling", "loudness_loop", "master", "needs_loop", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]
