@@ -20,13 +20,14 @@ import time
 
 import numpy as np
 
-from kernels import backend
+from kernels import backend, stream
 from kernels import loudness as meter
 from kernels.chain import UnmeasurableError, master
 from kernels.params import REVERB_TYPES
 
-from . import audio, tags
+from . import audio, budget, tags
 from .journal import file_hash
+from .progress import track_progress
 from .records import STATUS_FAILED, STATUS_OK, RenderTask, TrackResult
 
 # Validation tolerances on the re-decoded output.
@@ -129,6 +130,14 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
     if os.path.exists(final) and os.path.exists(src) and os.path.samefile(final, src):
         raise audio.AudioError(f"{src}: the output path {final} is the input file itself; a master never "
                                "overwrites its input, write to another folder")
+    # A programme too long to hold whole (for the memory budget) is rendered in passes
+    # over blocks instead; the header says how long it is before anything is decoded.
+    head = audio.BlockReader(src, stream.BLOCK_QUANTUM)
+    budget_mb = budget.resolve_budget_mb(task.memory_budget_mb)
+    rate = out_spec.sample_rate or head.sample_rate
+    frames = max(head.frames, -(-head.frames * rate // head.sample_rate))
+    if budget.should_stream(frames, head.channels, budget_mb):
+        return _render_streamed(task, head, budget_mb, timings, t_start)
     t = time.perf_counter()
     dec = audio.decode(src)
     t = lap("decode", t)
@@ -140,16 +149,12 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
     if before["integrated_lufs"] is None:
         raise UnmeasurableError("silent (nothing above the -70 LUFS absolute gate): nothing to master")
 
-    rate = out_spec.sample_rate or dec.sample_rate
     bit_depth = out_spec.bit_depth or dec.native_bit_depth
     x = audio.resample(dec.audio, dec.sample_rate, rate)
     t = lap("resample", t)
 
     name = backend.resolve(task.backend)
-    chain = dataclasses.replace(task.chain, dither=dataclasses.replace(task.chain.dither, bit_depth=bit_depth))
-    target = task.track.target_lufs
-    if target is not None:
-        chain = dataclasses.replace(chain, loudness=dataclasses.replace(chain.loudness, target_lufs=target))
+    chain = _track_chain(task, bit_depth)
     ir = _load_ir(task, rate, dec.channels)
     # One long track can need more device memory than the GPU has: it is mastered on
     # the CPU instead of failing (see master_with_fallback).
@@ -168,28 +173,98 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
         t = lap("tag", t)
         check = audio.decode(tmp)
         after = _stats(check.audio, check.sample_rate)
-        checks, problems = _validate(task, dec, check, after, rate, bit_depth)
-        read_back = tags.read_tags(tmp)
-        missing = [k for k, v in task.track.tags.items() if v and read_back.get(k) != v]
-        checks["tags"] = not missing
-        if missing:
-            problems.append(f"tags did not read back: {', '.join(missing)}")
-        if not res.reached:
-            problems.insert(0, res.reason)
-        t = lap("validate", t)
-        result_kw = dict(input=before, result=after, gain_db=_round(res.gain_db),
-                         max_gain_reduction_db=_round(res.max_gain_reduction_db), checks=checks,
-                         backend=name)
-        if problems:
-            timings["total"] = round(time.perf_counter() - t_start, 4)
-            return _fail(task, f"{src}: " + "; ".join(problems) + " (no master written)", timings, **result_kw)
-        output_hash = file_hash(tmp)  # the bytes the rename publishes (the worker has them in cache)
-        audio.commit(tmp, final)
+        checks, problems = _validate(task, dec, check, after, rate, bit_depth, check.audio)
+        return _publish(task, tmp, res, before, after, checks, problems, name, timings, t_start, t)
+
+
+def _track_chain(task: RenderTask, bit_depth: int):
+    """The task's chain with the output's bit depth and the row's own loudness target."""
+    chain = dataclasses.replace(task.chain, dither=dataclasses.replace(task.chain.dither, bit_depth=bit_depth))
+    target = task.track.target_lufs
+    if target is not None:
+        chain = dataclasses.replace(chain, loudness=dataclasses.replace(chain.loudness, target_lufs=target))
+    return chain
+
+
+def _publish(task: RenderTask, tmp: str, res, before: dict, after: dict, checks: dict, problems: list,
+             name: str, timings: dict, t_start: float, t: float) -> TrackResult:
+    """Tags read back, the verdict, and the rename of a master that passed (inside atomic_output)."""
+    src, final = task.track.source, task.out_path
+    read_back = tags.read_tags(tmp)
+    missing = [k for k, v in task.track.tags.items() if v and read_back.get(k) != v]
+    checks["tags"] = not missing
+    if missing:
+        problems.append(f"tags did not read back: {', '.join(missing)}")
+    if not res.reached:
+        problems.insert(0, res.reason)
+    timings["validate"] = round(time.perf_counter() - t, 4)
+    result_kw = dict(input=before, result=after, gain_db=_round(res.gain_db),
+                     max_gain_reduction_db=_round(res.max_gain_reduction_db), checks=checks,
+                     backend=name)
+    if problems:
+        timings["total"] = round(time.perf_counter() - t_start, 4)
+        return _fail(task, f"{src}: " + "; ".join(problems) + " (no master written)", timings, **result_kw)
+    output_hash = file_hash(tmp)  # the bytes the rename publishes (the worker has them in cache)
+    audio.commit(tmp, final)
     timings["total"] = round(time.perf_counter() - t_start, 4)
     return TrackResult(row=task.track.row, source=src, status=STATUS_OK, output=final, preset=task.preset,
                        output_hash=output_hash,
                        timings=timings, worker=worker_name(),
                        **result_kw)
+
+
+def _render_streamed(task: RenderTask, reader, budget_mb: int, timings: dict, t_start: float) -> TrackResult:
+    """:func:`_render` for a programme longer than the memory budget holds whole:
+    mastered by :func:`farm.stream_render.master_streamed` in passes over blocks,
+    written block by block (RF64 for a WAV past 4 GiB), validated by a streamed
+    re-decode. The second meter (pyloudnorm) needs the whole programme in memory,
+    so the streamed render leaves that cross-check out (``checks`` says so by
+    not listing it)."""
+    from kernels.loudness import LoudnessMeter
+
+    from .stream_render import master_streamed
+
+    src, out_spec, final = task.track.source, task.output, task.out_path
+    if reader.duration_s < audio.MIN_SECONDS:  # a long programme never is; kept for a tiny budget
+        raise audio.AudioError(f"{src}: {reader.duration_s * 1000:.0f} ms long; BS.1770 loudness needs at "
+                               f"least {audio.MIN_SECONDS * 1000:.0f} ms (one gating block)")
+    rate = out_spec.sample_rate or reader.sample_rate
+    bit_depth = out_spec.bit_depth or reader.native_bit_depth
+    chain = _track_chain(task, bit_depth)
+    ir = _load_ir(task, rate, reader.channels)
+    block = budget.block_frames(budget_mb, reader.channels, max(rate, reader.sample_rate))
+    reader.block = block
+    name = backend.resolve(task.backend)
+    progress = track_progress(task)
+    timings["streamed_block_frames"] = block
+    # the writer needs an upper bound of the length (RF64 or not): the rate-converted
+    # input plus a reverb tail that rings out (the IR's length: at most a few minutes)
+    frames_out = -(-reader.frames * rate // reader.sample_rate) + 600 * rate
+    with audio.atomic_output(final) as tmp:
+        def sink():
+            return audio.open_writer(tmp, rate, reader.channels, out_spec.format, bit_depth, frames_out)
+
+        t = time.perf_counter()
+        try:
+            res, before_stats, _ = master_streamed(reader, rate, chain, ir, sink, block=block, spill_beside=final,
+                                                   backend_name=name, progress=progress, timings=timings)
+        except audio.AudioError as e:  # the writer's message names only the temporary file
+            raise audio.AudioError(f"{src}: cannot write the master {final}: {e} (nothing was left there)") from e
+        before = {k: _round(v) for k, v in before_stats.to_dict().items()}
+        timings["stream_master"] = round(time.perf_counter() - t, 4)
+        t = time.perf_counter()
+        loud_tags = {"integrated_lufs": res.integrated_lufs, "true_peak_dbtp": res.true_peak_dbtp}
+        tags.write_tags(tmp, task.track.tags, loudness=loud_tags)
+        t = time.perf_counter()
+        check = audio.BlockReader(tmp, block)
+        meter = LoudnessMeter(check.sample_rate, check.channels)
+        for b in check.blocks():
+            meter.push(b)
+        progress(1.0)
+        after = {k: _round(v) for k, v in meter.result().to_dict().items()}
+        check.frames = check.frames_read
+        checks, problems = _validate(task, reader, check, after, rate, bit_depth, None)
+        return _publish(task, tmp, res, before, after, checks, problems, name, timings, t_start, t)
 
 
 GPU_OOM_BACKEND = "cpu (gpu out of memory)"  # the result's backend when a GPU render fell back
@@ -263,8 +338,12 @@ def master_with_fallback(x: np.ndarray, rate: int, chain, ir, name: str, run_cha
     return res, mastered, GPU_OOM_BACKEND
 
 
-def _validate(task: RenderTask, dec, check, after: dict, rate: int, bit_depth: int):
-    """Delivery checks on the re-decoded master: (checks by name, problems as text)."""
+def _validate(task: RenderTask, dec, check, after: dict, rate: int, bit_depth: int, audio_out):
+    """Delivery checks on the re-decoded master: (checks by name, problems as text).
+
+    ``dec``/``check`` describe the input and the re-decoded master (frames,
+    sample_rate, channels, duration_s); ``audio_out`` is the master's samples
+    for the second meter, or None where they are not held (a streamed render)."""
     d = task.delivery
     target = task.track.target_lufs if task.track.target_lufs is not None else d.target_lufs
     problems: list[str] = []
@@ -276,8 +355,8 @@ def _validate(task: RenderTask, dec, check, after: dict, rate: int, bit_depth: i
             problems.append(f"integrated loudness {lufs} LUFS is outside {target} +/- {d.tolerance_lu} LU")
         # pyloudnorm takes at most 5 channels (L, R, C, Ls, Rs): for 5.1 (SMPTE order
         # L, R, C, LFE, Ls, Rs) leave out the LFE, which BS.1770 does not count either.
-        cross = check.audio[[0, 1, 2, 4, 5]] if check.channels == 6 else check.audio
-        if cross.shape[0] <= 5:
+        cross = None if audio_out is None else audio_out[[0, 1, 2, 4, 5]] if check.channels == 6 else audio_out
+        if cross is not None and cross.shape[0] <= 5:
             pln = _pyloudnorm(cross, check.sample_rate)
             after["pyloudnorm_lufs"] = _round(pln)
             checks["loudness_cross_check"] = bool(pln is not None and lufs is not None
