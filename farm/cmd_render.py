@@ -59,6 +59,10 @@ def add_run_options(p) -> None:
                    help="auto (GPU when CuPy sees one), cpu or gpu (default: the job's, else auto)")
     p.add_argument("--workers", type=int, metavar="N", help="embedded cluster: number of worker processes")
     p.add_argument("--threads-per-worker", type=int, metavar="N", help="embedded cluster: threads per worker")
+    p.add_argument("--memory-budget-mb", type=int, metavar="MIB",
+                   help="host memory each worker process may give its renders (its threads share it); a "
+                        "programme whose whole-file render would not fit is rendered streamed, in blocks "
+                        "(default: the job file's memory_budget_mb, else 60%% of each worker's Dask memory limit)")
     p.add_argument("--force", action="store_true", help="render every track again, ignoring the journal")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -131,6 +135,11 @@ def render_and_summarise(job, args, out, err) -> int:
     from .pipeline import render_job
     from .report import summary_table
 
+    try:  # the flag overrides the job file's memory_budget_mb, as --backend does its backend
+        job = job.with_memory_budget(getattr(args, "memory_budget_mb", None))
+    except ConfigError as e:
+        print(f"farm render: {e}", file=err)
+        return ExitStatus.USAGE
     for r in job.rejected:
         for line in r.problems:
             print(f"farm render: {line} (this row will not render)", file=err)

@@ -7,6 +7,8 @@ A job file (TOML; relative paths resolve against the job file's folder)::
     output_dir = "masters"              # required: where masters, reports and the journal go
     backend = "auto"                    # "auto" | "cpu" | "gpu"
     scheduler = "tcp://10.0.0.5:8786"   # optional: an existing Dask scheduler
+    memory_budget_mb = 8192             # optional: host memory (MiB) per worker process for its renders;
+                                        #   a longer programme is rendered streamed (default: the worker's)
     description = "..."                 # optional, free text
 
     [output]                            # optional: how this job writes files
@@ -41,6 +43,7 @@ file is not among them: that track fails alone at render time
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,13 +56,14 @@ except ModuleNotFoundError:  # Python 3.10
 
 from . import catalog as _catalog
 from . import naming
+from .budget import check_budget_mb
 from .errors import ConfigError, Problems, did_you_mean, display_path
 from .presets import Preset, load_preset, with_output
 from .records import RenderTask, TrackSpec
 
 BACKENDS = ("auto", "cpu", "gpu")
 _JOB_KEYS = {"catalog": "str", "preset": "str", "output_dir": "str", "backend": "str", "scheduler": "str",
-             "description": "str", "output": "table", "overrides": "table"}
+             "description": "str", "memory_budget_mb": "int", "output": "table", "overrides": "table"}
 _REQUIRED = ("catalog", "preset", "output_dir")
 
 
@@ -79,6 +83,17 @@ class Job:
     origin: str = field(default="command line", repr=False, compare=False)  # for messages
     # catalog rows set aside for their own metadata problems (keep_going=True): they fail alone
     rejected: tuple[_catalog.RejectedRow, ...] = ()
+    memory_budget_mb: int | None = None  # MiB per worker process; None: each worker's default
+
+    def with_memory_budget(self, memory_budget_mb: int | None, origin: str = "--memory-budget-mb") -> "Job":
+        """This job with another memory budget (``None`` keeps the job's); ConfigError naming
+        ``origin`` for a value out of range."""
+        if memory_budget_mb is None:
+            return self
+        problems = Problems()
+        budget = _check_budget(memory_budget_mb, origin, problems)
+        problems.raise_if_any()
+        return dataclasses.replace(self, memory_budget_mb=budget)
 
     def tasks(self) -> list[RenderTask]:
         """One :class:`~farm.records.RenderTask` per catalog row, in catalog order.
@@ -124,7 +139,8 @@ class Job:
                 continue
             ir_dirs = tuple(dict.fromkeys(((os.path.dirname(p.path),) if p.path else ()) + dirs))
             tasks.append(RenderTask(track=t, chain=p.chain, output=p.output, delivery=p.delivery, out_path=out,
-                                    preset=p.name, backend=self.backend, ir_search_dirs=ir_dirs))
+                                    preset=p.name, backend=self.backend, ir_search_dirs=ir_dirs,
+                                    memory_budget_mb=self.memory_budget_mb))
         problems.raise_if_any()
         return tasks
 
@@ -144,6 +160,16 @@ def _check_backend(value: Any, where: str, problems: Problems) -> str:
     return value
 
 
+def _check_budget(value: Any, where: str, problems: Problems) -> int | None:
+    if value is None:
+        return None
+    try:
+        return check_budget_mb(value, where)
+    except ValueError as e:
+        problems.add(str(e))
+        return None
+
+
 def _check_scheduler(value: Any, where: str, problems: Problems) -> str | None:
     if value is None:
         return None
@@ -158,7 +184,7 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
               origin: str,
               output: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None, backend: Any,
               scheduler: Any, path: str | None, description: str, require_files: bool,
-              problems: Problems, keep_going: bool = False) -> Job:
+              problems: Problems, keep_going: bool = False, memory_budget_mb: Any = None) -> Job:
     """Load preset and catalog, collecting their problems with the job's own; build and validate the Job."""
     preset = None
     if preset_ref is not None:
@@ -177,6 +203,8 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
             problems.extend(e)
     backend = _check_backend(backend, origin, problems)
     scheduler = _check_scheduler(scheduler, origin, problems)
+    where_budget = f"{origin} memory_budget_mb" if path else "--memory-budget-mb"
+    memory_budget_mb = _check_budget(memory_budget_mb, where_budget, problems)
     out_dir = ""
     if output_dir is not None:
         out_dir = os.path.abspath(os.path.join(base_dir, os.path.expanduser(output_dir)))
@@ -186,7 +214,8 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
     assert preset is not None and catalog_path is not None
     job = Job(catalog=os.path.abspath(catalog_path), tracks=tuple(tracks), preset=preset, output_dir=out_dir,
               backend=backend, scheduler=scheduler, path=path, output=dict(output or {}),
-              description=description, origin=origin, rejected=tuple(rejected or ()))
+              description=description, origin=origin, rejected=tuple(rejected or ()),
+              memory_budget_mb=memory_budget_mb)
     job.tasks()  # validates every track's merged settings and output name
     return job
 
@@ -213,7 +242,7 @@ def load_job(path: str | os.PathLike, *, require_files: bool = False, keep_going
         kind = _JOB_KEYS.get(key)
         if kind is None:
             problems.add(f"{where}: unknown key {key!r}{did_you_mean(key, _JOB_KEYS)}; allowed: "
-                         f"{', '.join(k for k, v in _JOB_KEYS.items() if v == 'str')} and tables [output], "
+                         f"{', '.join(k for k, v in _JOB_KEYS.items() if v != 'table')} and tables [output], "
                          "[overrides]")
         elif key == "output" and isinstance(value, str):
             problems.add(f"{where}: 'output' is the [output] table (format, bit_depth, sample_rate, naming); "
@@ -241,7 +270,7 @@ def load_job(path: str | os.PathLike, *, require_files: bool = False, keep_going
                      origin=where, output=table("output"), overrides=table("overrides"),
                      backend=text("backend") or "auto", scheduler=text("scheduler"), path=path,
                      description=text("description") or "", require_files=require_files, problems=problems,
-                     keep_going=keep_going)
+                     keep_going=keep_going, memory_budget_mb=data.get("memory_budget_mb"))
 
 
 _REQUIRED_HELP = {
@@ -255,13 +284,15 @@ def job_from_flags(catalog: str | os.PathLike, preset: str, output_dir: str | os
                    format: str | None = None, bit_depth: int | None = None, sample_rate: int | None = None,
                    naming: str | None = None, target_lufs: float | None = None,
                    overrides: Mapping[str, Any] | None = None, backend: str = "auto",
-                   scheduler: str | None = None, require_files: bool = False, keep_going: bool = False) -> Job:
+                   scheduler: str | None = None, require_files: bool = False, keep_going: bool = False,
+                   memory_budget_mb: int | None = None) -> Job:
     """The :class:`Job` for ``farm render CATALOG --preset P -o DIR [...]``.
 
     Relative paths resolve against the working folder. ``format``,
     ``bit_depth``, ``sample_rate`` and ``naming`` form the job's ``[output]``
     table; ``target_lufs`` overrides the preset's loudness target;
-    ``overrides`` are preset-table overrides as in a job's ``[overrides]``.
+    ``overrides`` are preset-table overrides as in a job's ``[overrides]``;
+    ``memory_budget_mb`` as a job file's (``--memory-budget-mb``).
     """
     output = {k: v for k, v in (("format", format), ("bit_depth", bit_depth), ("sample_rate", sample_rate),
                                 ("naming", naming)) if v is not None}
@@ -273,4 +304,5 @@ def job_from_flags(catalog: str | os.PathLike, preset: str, output_dir: str | os
     return _assemble(catalog_path=os.path.abspath(os.fspath(catalog)), preset_ref=preset,
                      output_dir=os.fspath(output_dir), base_dir=os.getcwd(), origin="command line",
                      output=output, overrides=merged, backend=backend, scheduler=scheduler, path=None,
-                     description="", require_files=require_files, problems=Problems(), keep_going=keep_going)
+                     description="", require_files=require_files, problems=Problems(), keep_going=keep_going,
+                     memory_budget_mb=memory_budget_mb)

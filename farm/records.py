@@ -67,6 +67,9 @@ class RenderTask:
     preset: str = ""
     backend: str = "auto"  # "auto" | "cpu" | "gpu"
     ir_search_dirs: tuple[str, ...] = ()  # where relative impulse-response paths resolve
+    # Host memory (MiB) the worker process may give its renders (job memory_budget_mb or
+    # --memory-budget-mb); None: the worker's own default. See farm.budget.resolve_budget_mb.
+    memory_budget_mb: int | None = None
 
 
 @dataclass
