@@ -25,7 +25,9 @@ whose *worker died* is re-run by the scheduler up to
 from __future__ import annotations
 
 import math
+import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -115,11 +117,15 @@ def _as_result(task, value: Any) -> TrackResult:
 
 
 class Progress:
-    """A one-line progress bar: done/total, failed, elapsed, rate and ETA.
+    """A one-line progress bar: done/total, failed, elapsed, rate and ETA, and how far
+    running tracks that report it are (``| 37% of long_mix.flac``, see :mod:`farm.progress`).
 
     Drawn only on a terminal (or any stream given explicitly), at most
-    ``hz`` times a second and always for the last result.
+    ``hz`` times a second and always for the last result. :meth:`running` may
+    be called from another thread (the client's event loop) than :meth:`update`.
     """
+
+    SHOW_RUNNING = 2  # running tracks named on the line; the rest are "+N more"
 
     def __init__(self, total: int, stream: TextIO | None, *, hz: float = 10.0, width: int = 24):
         self.total, self.stream, self.width = total, stream, width
@@ -127,12 +133,30 @@ class Progress:
         self.start = time.monotonic()
         self._min_gap = 1.0 / hz
         self._last = 0.0
+        self._running: dict[str, tuple[str, float]] = {}  # task key -> (file name, fraction done)
+        self._landed: set[str] = set()  # a late event must not bring a finished track back
+        self._lock = threading.Lock()
 
-    def update(self, result: TrackResult) -> None:
-        self.done += 1
-        self.failed += 0 if result.ok else 1
+    def update(self, result: TrackResult, key: str | None = None) -> None:
+        with self._lock:
+            self.done += 1
+            self.failed += 0 if result.ok else 1
+            if key is not None:
+                self._running.pop(key, None)
+                self._landed.add(key)
+            self._draw(force=self.done == self.total)
+
+    def running(self, key: str, name: str, fraction: float) -> None:
+        """Task ``key`` (rendering file ``name``) is ``fraction`` done."""
+        with self._lock:
+            if key in self._landed:
+                return
+            self._running[key] = (name, fraction)
+            self._draw(force=False)
+
+    def _draw(self, force: bool) -> None:
         now = time.monotonic()
-        if self.stream is not None and (now - self._last >= self._min_gap or self.done == self.total):
+        if self.stream is not None and (force or now - self._last >= self._min_gap):
             self._last = now
             self.stream.write("\r" + self.line(now) + "\x1b[K")
             self.stream.flush()
@@ -145,8 +169,11 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else None
         failed = f", {self.failed} failed" if self.failed else ""
         eta_s = f", ETA {_clock(eta)}" if eta is not None and self.done < self.total else ""
+        shown = list(self._running.values())[:self.SHOW_RUNNING]
+        more = len(self._running) - len(shown)
+        running = ", ".join(f"{int(f * 100)}% of {name}" for name, f in shown) + (f", +{more} more" if more else "")
         return (f"[{'#' * fill}{'.' * (self.width - fill)}] {self.done}/{self.total} tracks{failed}, "
-                f"{_clock(elapsed)} elapsed, {rate:.2f} tracks/s{eta_s}")
+                f"{_clock(elapsed)} elapsed, {rate:.2f} tracks/s{eta_s}" + (f" | {running}" if running else ""))
 
     def close(self) -> None:
         if self.stream is not None and self.done:
@@ -236,7 +263,7 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
         if journal is not None and hashes[i] is not None:
             result = _record(journal, tasks[i], hashes[i], result)
         results[i] = result
-        bar.update(result)
+        bar.update(result, key=submitter.keys[i])
         if on_result is not None:
             on_result(result)
 
@@ -244,6 +271,7 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
     ac = as_completed([], with_results=True, raise_errors=False, loop=client.loop)
     address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
     lost = 0  # tasks cancelled because the scheduler went away
+    unfollow = _follow_progress(client, bar, submitter.keys, tasks) if stream is not None else None
     try:
         for i, reason in submitter.unsendable():
             land(i, failure(tasks[i], reason))
@@ -277,6 +305,8 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
                 "check that the scheduler is running (it may have stopped or crashed), then run the same "
                 "command again: it renders only the tracks that did not finish")
     finally:
+        if unfollow is not None:
+            unfollow()
         bar.close()
         if pending:  # interrupted: stop the cluster from working on tracks nobody will record
             try:
@@ -287,6 +317,40 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
     if missing:  # pragma: no cover - every task lands exactly once
         raise RuntimeError(f"{len(missing)} task(s) never reported back, first {_describe(missing[0])}")
     return results  # type: ignore[return-value]
+
+
+def _follow_progress(client, bar: Progress, keys: list[str], tasks: list) -> Callable[[], None] | None:
+    """Show the fractions workers report for this run's tasks (farm.progress) on ``bar``;
+    return the function that stops it (None when the client has no event topics).
+    Events of other runs on the same scheduler carry keys not in ``keys`` and are ignored."""
+    from .progress import TOPIC
+
+    names = {k: os.path.basename(_describe(t)[1]) for k, t in zip(keys, tasks)}
+    active = [True]
+
+    def on_event(event) -> None:
+        if not active[0]:  # unsubscribing stops the scheduler, not events already on their way
+            return
+        try:
+            msg = event[1]
+            key = str(msg["key"])
+            if key in names:
+                bar.running(key, names[key] or str(msg.get("file", "")), float(msg["fraction"]))
+        except Exception:  # a malformed event must not break the client's event loop
+            pass
+
+    def unfollow() -> None:
+        active[0] = False
+        try:
+            client.unsubscribe_topic(TOPIC)
+        except Exception:  # the client may be the thing that broke
+            pass
+
+    try:
+        client.subscribe_topic(TOPIC, on_event)
+    except Exception:  # a client without topics (or one already closing): no per-track progress
+        return None
+    return unfollow
 
 
 def _dashboard_link(client) -> str | None:
