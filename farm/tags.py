@@ -26,7 +26,10 @@ copyright               COPYRIGHT                              TCOP
 ======================  =====================================  ==========
 
 ID3v2.4 (UTF-8 text) lives in an ``id3 `` chunk in WAV, an ``ID3 `` chunk in
-AIFF and the file head in MP3. The label goes to both Vorbis names because
+AIFF and the file head in MP3. RF64 WAV (EBU Tech 3306, the ``.wav`` the
+farm writes for masters over 4 GiB) gets the same ``id3 `` chunk; mutagen
+cannot open RF64, so :class:`_RF64Wave` finds and rewrites that chunk itself
+(see there). The label goes to both Vorbis names because
 readers disagree: the Vorbis comment spec names ORGANIZATION ("the record
 label"), Picard and most taggers use LABEL.
 
@@ -44,14 +47,16 @@ Loudness (where the container has a place for it):
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
+import struct
 
 import mutagen
 from mutagen.aiff import AIFF
 from mutagen.flac import FLAC
-from mutagen.id3 import ID3, TXXX, Encoding, Frames
+from mutagen.id3 import ID3, ID3NoHeaderError, TXXX, Encoding, Frames
 from mutagen.mp3 import MP3
 from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
@@ -84,7 +89,7 @@ _KINDS = {
     ".aiff": ("id3", AIFF),
     ".mp3": ("id3", MP3),
 }
-SUPPORTED = ("FLAC (.flac)", "Ogg Vorbis (.ogg, .oga)", "Ogg Opus (.opus)", "WAV (.wav)",
+SUPPORTED = ("FLAC (.flac)", "Ogg Vorbis (.ogg, .oga)", "Ogg Opus (.opus)", "WAV and RF64 (.wav)",
              "AIFF (.aif, .aiff)", "MP3 (.mp3)")
 
 # Vorbis comment names: the first is written (all of a tuple are written, see
@@ -119,6 +124,207 @@ class TagError(AudioError, ValueError):
     """A file that cannot be tagged or read; the message names the file and says why."""
 
 
+# ---------------------------------------------------------------- RF64 WAV
+
+_RF64_MAGICS = (b"RF64", b"BW64")  # EBU Tech 3306 RF64; ITU-R BS.2088 BW64 has the same layout
+_ID3_CHUNK_IDS = (b"id3 ", b"ID3 ")
+_NO_SIZE = 0xFFFFFFFF  # a 32-bit size field whose real value is in ds64
+# Chunks after the data chunk are metadata and are read into memory when the
+# tail is rewritten; refuse a tail bigger than this rather than load audio.
+_MAX_TAIL = 64 * 1024 * 1024
+
+
+def _is_rf64(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return False
+    return head[:4] in _RF64_MAGICS and head[8:12] == b"WAVE"
+
+
+class _Chunk:
+    __slots__ = ("id", "offset", "size")
+
+    def __init__(self, cid: bytes, offset: int, size: int):
+        self.id, self.offset, self.size = cid, offset, size  # offset of the 8-byte header
+
+    @property
+    def data_offset(self) -> int:
+        return self.offset + 8
+
+    @property
+    def end(self) -> int:
+        """Where the next chunk starts (chunks are word-aligned: odd sizes get a pad byte)."""
+        return self.offset + 8 + self.size + (self.size & 1)
+
+
+class _RF64Wave:
+    """An RF64 WAV with the face of ``mutagen.wave.WAVE`` that this module uses.
+
+    ``.tags`` (an :class:`~mutagen.id3.ID3` or None), ``add_tags()`` and
+    ``save(v2_version=4)``, so :func:`_write_id3`, :func:`_read_id3` and
+    :func:`read_loudness` treat it like a plain WAV.
+
+    Layout (EBU Tech 3306): ``"RF64"``, a 32-bit size of 0xFFFFFFFF,
+    ``"WAVE"``, then the ``ds64`` chunk (64-bit riffSize, dataSize,
+    sampleCount, a table of 64-bit sizes of other big chunks), then chunks as
+    in RIFF. A chunk whose 32-bit size is 0xFFFFFFFF takes its size from ds64
+    (dataSize for ``data``, the table for others). The audio is never read:
+    the data chunk is skipped with a seek.
+
+    Saving renders the tag with mutagen's ID3 and puts it in an ``id3 ``
+    chunk. Chunks after the data chunk (the tail) are rewritten: old ID3
+    chunks are dropped, foreign ones kept in order, the new ``id3 `` chunk
+    appended (a pad byte after an odd size). An ID3 chunk in front of the data
+    is rewritten in place when the new tag fits (ID3 padding fills it) and
+    otherwise renamed ``JUNK`` (so no reader sees a stale tag) and the tag
+    goes to the tail. Then ds64's riffSize becomes the file size - 8; the
+    32-bit RF64 size stays 0xFFFFFFFF.
+    """
+
+    def __init__(self, path: str):
+        self.filename = path
+        with open(path, "rb") as fh:
+            self._parse(fh)
+            self.tags = self._load_id3(fh)
+
+    # -- reading
+
+    def _parse(self, fh) -> None:
+        fh.seek(0, os.SEEK_END)
+        file_size = fh.tell()
+        fh.seek(0)
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] not in _RF64_MAGICS or head[8:12] != b"WAVE":
+            raise mutagen.MutagenError("not an RF64 WAVE file")
+        first = fh.read(8)
+        if len(first) < 8 or first[:4] != b"ds64":
+            raise mutagen.MutagenError("RF64 file without a ds64 chunk after the WAVE id")
+        ds64_size = struct.unpack("<I", first[4:])[0]
+        if ds64_size < 28:
+            raise mutagen.MutagenError(f"ds64 chunk too short ({ds64_size} bytes)")
+        body = fh.read(ds64_size)
+        if len(body) < ds64_size:
+            raise mutagen.MutagenError("truncated ds64 chunk")
+        riff_size, data_size, _samples, table_len = struct.unpack("<QQQI", body[:28])
+        big: dict[bytes, int] = {}
+        for i in range(table_len):
+            entry = body[28 + 12 * i:40 + 12 * i]
+            if len(entry) == 12:
+                cid, size = struct.unpack("<4sQ", entry)
+                big.setdefault(cid, size)
+        self._ds64 = _Chunk(b"ds64", 12, ds64_size)
+        self.riff_size = riff_size
+        # The declared end; a file cut short (or padded) ends where the bytes end.
+        end = min(file_size, riff_size + 8) if riff_size else file_size
+        chunks = [self._ds64]
+        pos = self._ds64.end
+        data = None
+        while pos + 8 <= end:
+            fh.seek(pos)
+            cid, size = struct.unpack("<4sI", fh.read(8))
+            if size == _NO_SIZE:
+                if cid == b"data":
+                    size = data_size
+                elif cid in big:
+                    size = big[cid]
+                else:
+                    raise mutagen.MutagenError(f"chunk {cid!r} at {pos} has size 0xFFFFFFFF and no ds64 entry")
+            chunk = _Chunk(cid, pos, size)
+            if cid == b"data" and data is None:
+                data = chunk
+            chunks.append(chunk)
+            pos = chunk.end
+        if data is None:
+            raise mutagen.MutagenError("RF64 file without a data chunk")
+        if data.data_offset + data.size > file_size:
+            raise mutagen.MutagenError(f"data chunk runs past the end of the file "
+                                       f"({data.data_offset + data.size} > {file_size} bytes)")
+        # A chunk cut off by the end of the file ends the list (nothing of it is kept).
+        self.chunks = [c for c in chunks if c.data_offset + c.size <= file_size or c is data]
+        self._data = data
+
+    def _id3_chunks(self) -> list[_Chunk]:
+        return [c for c in self.chunks if c.id in _ID3_CHUNK_IDS]
+
+    def _load_id3(self, fh) -> ID3 | None:
+        found = self._id3_chunks()
+        if not found:
+            return None
+        c = found[0]
+        fh.seek(c.data_offset)
+        try:
+            return ID3(io.BytesIO(fh.read(c.size)))
+        except ID3NoHeaderError:
+            return None  # an empty or foreign chunk: treated as untagged, replaced on save
+
+    # -- writing
+
+    def add_tags(self) -> None:
+        if self.tags is None:
+            self.tags = ID3()
+        else:
+            raise mutagen.MutagenError("an ID3 tag already exists")
+
+    @staticmethod
+    def _render(tag: ID3, v2_version: int, size: int | None = None) -> bytes:
+        """The ID3v2 tag as bytes: unpadded, or padded with ID3 padding to exactly ``size`` bytes."""
+        buf = io.BytesIO()
+        # Saved into an empty buffer, mutagen's PaddingInfo.padding is -(bytes the tag needs).
+        pad = (lambda info: 0) if size is None else (lambda info: size + info.padding)
+        tag.save(buf, v1=0, v2_version=v2_version, padding=pad)
+        return buf.getvalue()
+
+    def save(self, v2_version: int = 4) -> None:
+        tag = self.tags if self.tags is not None else ID3()
+        data = self._data
+        body = self._render(tag, v2_version)
+        with open(self.filename, "r+b") as fh:
+            tail_start = data.data_offset + data.size  # where the pad byte (if any) and the tail go
+            tail = [c for c in self.chunks if c.offset >= tail_start]
+            if sum(c.size + 8 for c in tail) > _MAX_TAIL:
+                raise mutagen.MutagenError(f"more than {_MAX_TAIL} bytes of chunks after the data chunk")
+            keep = []
+            for c in tail:
+                if c.id in _ID3_CHUNK_IDS:
+                    continue
+                fh.seek(c.data_offset)
+                keep.append((c.id, fh.read(c.size)))
+            placed = False
+            for c in self._id3_chunks():
+                if c.offset >= tail_start:
+                    continue
+                # An ID3 chunk in front of the audio: fill it if the tag fits, else retire it.
+                if not placed and c.size >= len(body):
+                    fh.seek(c.data_offset)
+                    fh.write(self._render(tag, v2_version, c.size))
+                    placed = True
+                else:
+                    fh.seek(c.offset)
+                    fh.write(b"JUNK")
+            if not placed:
+                keep.append((b"id3 ", body))
+            out = bytearray(b"\0" if data.size & 1 else b"")
+            for cid, payload in keep:
+                out += struct.pack("<4sI", cid, len(payload)) + payload
+                if len(payload) & 1:
+                    out += b"\0"
+            fh.seek(tail_start)
+            fh.write(out)
+            new_size = tail_start + len(out)
+            fh.truncate(new_size)
+            # ds64 riffSize: everything after the first 8 bytes; the RF64 size field stays 0xFFFFFFFF.
+            fh.seek(self._ds64.data_offset)
+            fh.write(struct.pack("<Q", new_size - 8))
+            fh.seek(4)
+            if struct.unpack("<I", fh.read(4))[0] != _NO_SIZE:
+                fh.seek(4)
+                fh.write(struct.pack("<I", _NO_SIZE))
+        with open(self.filename, "rb") as fh:  # re-read the layout we just wrote
+            self._parse(fh)
+
+
 def _kind(path: str):
     ext = os.path.splitext(path)[1].lower()
     if ext not in _KINDS:
@@ -131,6 +337,8 @@ def _open(path: str):
     kind, cls = _kind(path)
     if not os.path.isfile(path):
         raise TagError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a regular file")
+    if cls is WAVE and _is_rf64(path):
+        cls = _RF64Wave
     try:
         f = cls(path)
     except (mutagen.MutagenError, OSError) as e:
