@@ -42,19 +42,25 @@ MiB = 1 << 20
 WHOLE_FILE_BYTES_PER_SAMPLE = 36
 WHOLE_FILE_OVERHEAD_BYTES = 128 * MiB
 
-# The streamed render per sample of a block, per channel: not measured (the
-# streamed chain is being written). The chain's working set per block sample is
-# the whole-file figure above (the same stages on a block-long signal); on top
-# come the reader's block and its transposed copy, the writer's, and the
-# stages' carried history. Twice the whole-file figure, to be safe.
-STREAM_BYTES_PER_SAMPLE = 2 * WHOLE_FILE_BYTES_PER_SAMPLE
-# Fixed cost of a streamed render: imports aside, the stages' history (EQ taps,
-# the reverb's impulse response and its FFT partitions, limiter lookahead),
-# allowed for as HISTORY_SECONDS of the programme at STREAM_BYTES_PER_SAMPLE.
-STREAM_OVERHEAD_BYTES = 64 * MiB
-HISTORY_SECONDS = 8.0
-# Longer blocks buy little throughput and make a track's progress coarse.
-MAX_BLOCK_SECONDS = 60.0
+# The streamed render (farm.stream_render, "master" preset, 3-min 96 kHz stereo FLAC,
+# CPU backend; each block size in a fresh process, ru_maxrss of the whole process):
+#
+#   .venv/bin/python rss.py BLOCK   # render_track with block_frames patched to BLOCK
+#
+#   block (frames)   peak RSS   render wall (2 loaded cores)
+#   131072           416 MiB    18.2 s
+#   524288           531 MiB    15.5 s
+#   2097152          878 MiB    15.9 s
+#
+# i.e. ~235 bytes per block frame of stereo, ~118 per sample per channel (the
+# reader's block and its transpose, the stages' float64 envelopes and gains of
+# the limiter's check cascade, the meters' K-weighted copies), and ~385 MiB at
+# the smallest block, of which ~110 MiB are the imports. Longer blocks than a few
+# quanta buy no throughput (the stages work in 2^16..2^17-sample chunks anyway).
+STREAM_BYTES_PER_SAMPLE = 128
+STREAM_OVERHEAD_BYTES = 320 * MiB
+HISTORY_SECONDS = 0.0  # the stages' history is in the fixed overhead above
+MAX_BLOCK_SECONDS = 10.0  # rounded up to a quantum: 1048576 frames at 96 kHz
 
 # The machine default: a share of the memory each worker process may plan for.
 DEFAULT_MEMORY_FRACTION = 0.5  # of the machine's memory, split over its worker processes

@@ -164,6 +164,7 @@ def settings_json(task: RenderTask, ir_hash: Callable[[str], str] = file_hash) -
     """
     d = dataclasses.asdict(task)
     d.pop("backend", None)
+    d.pop("memory_budget_mb", None)  # how much memory a render may use changes how, not what, it renders
     d["track"].pop("row", None)
     d["track"]["tags"] = {k: v for k, v in d["track"]["tags"].items() if v}
     ir = _ir_path(task)

@@ -124,9 +124,9 @@ def test_file_hash_is_sha256_of_the_bytes(tmp_path):
 def test_settings_hash_is_stable_and_ignores_identity_only_fields(folder):
     a = make_task(folder, 0)
     assert settings_hash(a) == settings_hash(make_task(folder, 0))
-    # Row number and backend do not shape the master.
+    # Row number, backend and memory budget (whole-file or streamed: the same master) do not shape it.
     assert settings_hash(a) == settings_hash(
-        dataclasses.replace(a, track=dataclasses.replace(a.track, row=99), backend="gpu"))
+        dataclasses.replace(a, track=dataclasses.replace(a.track, row=99), backend="gpu", memory_budget_mb=512))
     # TOML "-1" and "-1.0" are the same setting; tag order and empty tags do not matter.
     ints = dataclasses.replace(a, chain=dataclasses.replace(
         a.chain, limiter=LimiterParams(ceiling_dbtp=-1, release_ms=100)))
