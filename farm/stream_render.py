@@ -214,7 +214,7 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
                 trim = cs.trim
             seconds["final_pass"] = time.perf_counter() - t
             prog.passed(1.0)
-    tp = tp_meter.result().true_peak_dbtp
+    tp = tp_meter.true_peak_dbtp()
     check_ceiling(tp, chain.limiter, work)
     timings.update({f"chain_{k}": round(v, 4) for k, v in seconds.items()})
     res = MasterResult(None, loop.gain_db, cs.max_gain_reduction_db, loop.level_lufs, tp, loop.passes,
@@ -227,7 +227,7 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
 def _final_pass(pre_spill, kept, sink, block, chain, work, rate, channels, ny, trim, dev, prog):
     cs = CheckStream(work, rate, channels, ny, trim=trim)
     q = QuantizeStream(chain.dither, channels)
-    tp_meter = LoudnessMeter(rate, channels)
+    tp_meter = LoudnessMeter(rate, channels, what="true_peak")
     g = np.float32(10.0 ** (kept["gain_db"] / 20.0))
     done = 0
     with sink() as w:

@@ -563,7 +563,7 @@ def _stats(i_sum, i_count, lra, lra_count, m_max, s_max, tp, sp) -> LoudnessStat
 
 METER_SEGMENT_CPU = 1 << 16  # samples: small pushes are gathered into segments at least this long ...
 METER_SEGMENT_GPU = 1 << 20  # ... (larger on the device, where every launch has a fixed cost)
-METER_WHAT = ("all", "integrated")
+METER_WHAT = ("all", "integrated", "true_peak")
 
 
 class _Windows:
@@ -704,6 +704,10 @@ class LoudnessMeter:
         x = self._pending[0] if len(self._pending) == 1 else xp.concatenate(self._pending, axis=-1)
         self._pending, self._pending_n = [], 0
         m = x.shape[-1]
+        if self.what == "true_peak":  # no K-weighting: peaks only
+            self._done += m
+            self._peaks(x)
+            return
         x64 = x.astype(xp.float64, copy=False)
         if self._carry == "zi":  # the host whole-signal path's one sosfilt, continued
             y, self._zi = backend.signal(np).sosfilt(self._sos, x64, axis=-1, zi=self._zi)
@@ -780,6 +784,16 @@ class LoudnessMeter:
         return _stats(i_sum, i_count, lra, lra_count, self._m_max.maximum(xp), self._s_max.maximum(xp),
                       self._true_peak(), self._sp)
 
+    def true_peak_dbtp(self) -> float | None:
+        """True peak (dBTP, at the meter's factor) so far, as :func:`true_peak_dbtp`
+        (``what="all"`` or ``"true_peak"``: the latter skips the loudness entirely)."""
+        if self.what == "integrated":
+            raise ValueError('true_peak_dbtp() needs LoudnessMeter(..., what="all" or "true_peak")')
+        self._flush()
+        if self.samples == 0:
+            return None
+        return _db(backend.to_float(self._true_peak()))
+
     def integrated(self) -> float | None:
         """Integrated loudness (LUFS) so far, as :func:`integrated_loudness`."""
         return gated_loudness(self.block_energies())
@@ -787,6 +801,8 @@ class LoudnessMeter:
     def block_energies(self):
         """The 400 ms gating-block mean squares so far, as :func:`block_energies`
         (for :func:`gated_loudness` at other gains)."""
+        if self.what == "true_peak":
+            raise ValueError('a LoudnessMeter(..., what="true_peak") measures no loudness')
         self._flush()
         return self._blocks.energies(self._xp or np)
 

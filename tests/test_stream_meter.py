@@ -216,3 +216,18 @@ def test_any_block_split_gives_the_whole_signal_result(cuts):
     m = streamed(np, _PROPERTY_X, _PROPERTY_RATE, sizes)
     assert m.result() == _PROPERTY_WANT
     assert math.isfinite(_PROPERTY_WANT.loudness_range_lu)
+
+
+@pytest.mark.parametrize("blocks", [777, 65536, [1, 2, 131071, 5, 131072 * 2]])
+def test_true_peak_mode_equals_true_peak_dbtp(blocks):
+    """what="true_peak" skips the loudness and gives true_peak_dbtp of the whole, to the bit."""
+    rng = np.random.default_rng(11)
+    x = (0.3 * rng.standard_normal((2, 400_000))).astype(np.float32)
+    x[:, 131071:131073] = [[0.9, -0.9]] * 2  # an inter-sample peak across a true-peak chunk edge
+    m = L.LoudnessMeter(48000, 2, what="true_peak")
+    for b in stream.split(x, blocks):
+        m.push(b)
+    assert m.true_peak_dbtp() == L.true_peak_dbtp(x, 4)
+    with pytest.raises(ValueError, match="no loudness"):
+        m.integrated()
+    assert L.LoudnessMeter(48000, 2, what="true_peak").true_peak_dbtp() is None
