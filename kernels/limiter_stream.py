@@ -40,32 +40,58 @@ from .stream import Streamer
 class _Buf:
     """Samples ``[start, end)`` (last axis) of one derived signal, kept while
     a consumer still needs them: ``needs`` are callables giving the first
-    sample each consumer will still read."""
+    sample each consumer will still read. Appends go into spare room at the
+    end of one array (grown by doubling, compacted when the live part is
+    small), so a long run of appends and trims copies each sample O(1) times."""
 
     def __init__(self, xp, lead: tuple, dtype):
         self.xp = xp
         self.start = 0
-        self.data = xp.empty(lead + (0,), dtype=dtype)
+        self._store = xp.empty(lead + (0,), dtype=dtype)
+        self._lo = self._hi = 0  # the live samples are _store[..., _lo:_hi]
         self.needs: list = []
+
+    @classmethod
+    def wrap(cls, a, start: int) -> "_Buf":
+        """A buffer holding ``a`` as samples ``[start, start + len)``."""
+        b = cls(backend.array_module(a), tuple(a.shape[:-1]), a.dtype)
+        b._store, b._hi, b.start = a, a.shape[-1], start
+        return b
+
+    @property
+    def data(self):
+        return self._store[..., self._lo:self._hi]
 
     @property
     def end(self) -> int:
-        return self.start + self.data.shape[-1]
+        return self.start + self._hi - self._lo
 
     def append(self, a) -> None:
-        self.data = a if self.data.shape[-1] == 0 else self.xp.concatenate([self.data, a], axis=-1)
+        k = a.shape[-1]
+        cap = self._store.shape[-1]
+        if self._hi + k > cap:
+            live = self._hi - self._lo
+            if live + k > cap // 2:  # grow (amortised doubling) ...
+                store = self.xp.empty(self._store.shape[:-1] + (2 * (live + k),), dtype=self._store.dtype)
+            else:  # ... or slide the live part to the front
+                store = self._store
+            store[..., :live] = self._store[..., self._lo:self._hi].copy()  # a copy: the ranges may overlap
+            self._store, self._lo, self._hi = store, 0, live
+        self._store[..., self._hi:self._hi + k] = a
+        self._hi += k
 
     def window(self, a: int, b: int):
         if a < self.start or b > self.end:
             raise RuntimeError(f"stream buffer holds [{self.start}, {self.end}), asked for [{a}, {b})")
-        return self.data[..., a - self.start:b - self.start]
+        return self._store[..., self._lo + a - self.start:self._lo + b - self.start]
+
+    def drop_before(self, pos: int) -> None:
+        k = max(0, min(pos, self.end) - self.start)
+        self._lo += k
+        self.start += k
 
     def trim(self) -> None:
-        keep = min((f() for f in self.needs), default=self.end)
-        k = max(0, min(keep, self.end) - self.start)
-        if k:
-            self.data = self.data[..., k:]
-            self.start += k
+        self.drop_before(min((f() for f in self.needs), default=self.end))
 
 
 class _Detector:
@@ -258,10 +284,8 @@ class _Correction:
                 break
             lo, hi = max(0, s - HALF_TAPS), min(n, e + HALF_TAPS)
             if backend.to_float(self.step.out.window(lo, hi).min()) < 1.0:
-                out = _Buf(xp, (self.check.channels,), self.check.dtype)
-                out.start = lo
-                out.data = self.check.x.window(lo, hi) * self.gain.window(lo, hi).astype(self.check.dtype)
-                self.env.append(self.det.compute(out, s, e))
+                out = self.check.x.window(lo, hi) * self.gain.window(lo, hi).astype(self.check.dtype)
+                self.env.append(self.det.compute(_Buf.wrap(out, lo), s, e))
             else:
                 self.env.append(self.prev_env.window(s, e))
             self.det.done = e
@@ -313,7 +337,6 @@ class CheckStream:
         self.final_gain, self.final_env = gain, env
         self.out0.needs.append(self.det0.first_needed)
         self.final_gain.needs.append(lambda: self.emitted)
-        self.final_env.needs.append(lambda: self.final_env.end)  # its peak is taken as it grows
         self.x.needs.append(lambda: self.emitted)
         self.x.needs.append(lambda: self.out0.end)
         for c in self.stages:
@@ -344,7 +367,7 @@ class CheckStream:
         env = self.final_env
         if env.end > env.start:
             self.peak = max(self.peak, backend.to_float(env.data.max()))
-        env.start, env.data = env.end, env.data[..., env.data.shape[-1]:]  # taken: no one reads it again
+        env.drop_before(env.end)  # taken: no one reads it again
         a, b = self.emitted, self.final_gain.end
         g = self.final_gain.window(a, b)
         if self.trim_in != 1.0:
