@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-long clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/kernels.py
 	$(PY) bench/render.py
+
+bench-long: $(VENV)/.installed  # a 2-hour 96 kHz programme streamed: ~10 GB of disk, ~20 min on 2 cores
+	$(PY) bench/long.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -475,15 +475,8 @@ def commit(tmp_path: str, final_path: str) -> None:
 
 def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """High-quality rate conversion on the host (polyphase, Kaiser beta 8.6:
-    ~-90 dB images), float32 out. Identity when the rates match."""
-    if rate_in == rate_out:
-        return audio
-    import math
+    ~-90 dB images), float32 out. Identity when the rates match. The same
+    arithmetic as the streamed render's :class:`kernels.resample.ResampleStream`."""
+    from kernels.resample import resample as _resample
 
-    import scipy.signal
-
-    g = math.gcd(rate_in, rate_out)
-    up, down = rate_out // g, rate_in // g
-    y = scipy.signal.resample_poly(audio.astype(np.float64), up, down, axis=-1,
-                                   window=("kaiser", 8.6))
-    return y.astype(np.float32)
+    return _resample(audio, rate_in, rate_out)
