@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 from kernels import backend
-from kernels.chain import MasterResult, check_ceiling, loudness_loop, needs_loop, working_limiter
+from kernels.chain import MasterResult, ReductionTrace, check_ceiling, loudness_loop, needs_loop, working_limiter
 from kernels.dither import QuantizeStream
 from kernels.eq import EQStream
 from kernels.limiter_stream import CheckStream, LimiterStream
@@ -220,12 +220,14 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
     res = MasterResult(None, loop.gain_db, cs.max_gain_reduction_db, loop.level_lufs, tp, loop.passes,
                        loop.reached, loop.reason,
                        ceiling_dbtp_used=None if chain.limiter.bypass else work.ceiling_dbtp,
-                       stage_seconds=seconds)
+                       stage_seconds=seconds, gain_reduction_db=cs.trace.result())
     return res, before, ny
 
 
 def _final_pass(pre_spill, kept, sink, block, chain, work, rate, channels, ny, trim, dev, prog):
-    cs = CheckStream(work, rate, channels, ny, trim=trim)
+    trace = ReductionTrace(rate)
+    cs = CheckStream(work, rate, channels, ny, trim=trim, gain_sink=None if work.bypass else trace.push)
+    cs.trace = trace
     q = QuantizeStream(chain.dither, channels)
     tp_meter = LoudnessMeter(rate, channels, what="true_peak")
     g = np.float32(10.0 ** (kept["gain_db"] / 20.0))

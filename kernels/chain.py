@@ -108,6 +108,50 @@ class MasterResult:
     reason: str = ""  # why not reached
     ceiling_dbtp_used: float | None = None  # limiter working ceiling (under the ceiling by the quantizer's bound)
     stage_seconds: dict = field(default_factory=dict)
+    # the limiter's deepest gain reduction (dB, >= 0) in every TRACE_HOP_S of the output
+    # (host float32; empty with the limiter bypassed, None when no loudness/limiter pass
+    # ran at all): what the report plots over time
+    gain_reduction_db: object = None
+
+
+TRACE_HOP_S = 0.1  # seconds per value of MasterResult.gain_reduction_db (the loudness meters' 10 Hz)
+
+
+class ReductionTrace:
+    """The deepest gain reduction (dB) per :data:`TRACE_HOP_S` of a gain curve
+    fed in consecutive pieces (the whole curve at once, or a stream's blocks)."""
+
+    def __init__(self, sample_rate: float):
+        self.hop = max(1, int(round(TRACE_HOP_S * sample_rate)))
+        self._mins: list = []
+        self._part = None  # host float64: min gain of the unfinished hop, and its length
+        self._fill = 0
+
+    def push(self, gain) -> None:
+        import numpy as np
+
+        g = np.asarray(backend.to_host(gain), dtype=np.float64).reshape(-1)
+        if self._fill:
+            k = min(self.hop - self._fill, g.size)
+            self._part = min(self._part, float(g[:k].min())) if k else self._part
+            self._fill += k
+            g = g[k:]
+            if self._fill == self.hop:
+                self._mins.append(np.array([self._part]))
+                self._fill = 0
+        whole = g.size // self.hop * self.hop
+        if whole:
+            self._mins.append(g[:whole].reshape(-1, self.hop).min(axis=1))
+        if g.size > whole:
+            self._part, self._fill = float(g[whole:].min()), g.size - whole
+
+    def result(self):
+        import numpy as np
+
+        mins = self._mins + ([np.array([self._part])] if self._fill else [])
+        g = np.concatenate(mins) if mins else np.zeros(0)
+        with np.errstate(divide="ignore"):
+            return np.maximum(0.0, -20.0 * np.log10(g)).astype(np.float32)
 
 
 def _now(x) -> float:
@@ -245,11 +289,15 @@ def _target_loop(xp, y, rate: int, params: ChainParams, seconds: dict) -> Master
 
     loop = loudness_loop(start, params, trial)
     res = timed("limiter", limiter.check, kept["gained"], kept["res"], rate, work)
+    trace = ReductionTrace(rate)
+    if not lim.bypass:
+        trace.push(res.gain)
     out = timed("dither", dither.quantize, res.audio, dp)
     tp = timed("true_peak", loudness.true_peak_dbtp, out, 4)
     check_ceiling(tp, lim, work)
     return MasterResult(out, loop.gain_db, res.max_gain_reduction_db, loop.level_lufs, tp, loop.passes,
-                        loop.reached, loop.reason, ceiling_dbtp_used=None if lim.bypass else work.ceiling_dbtp)
+                        loop.reached, loop.reason, ceiling_dbtp_used=None if lim.bypass else work.ceiling_dbtp,
+                        gain_reduction_db=trace.result())
 
 
 def check_ceiling(tp: float | None, lim: LimiterParams, work: LimiterParams) -> None:
@@ -271,4 +319,4 @@ def _slope(history) -> float:
 
 
 __all__ = ["Chain", "Stage", "EQStage", "ReverbStage", "MasterResult", "LoopOutcome", "UnmeasurableError",
-           "check_ceiling", "loudness_loop", "master", "needs_loop", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]
+           "ReductionTrace", "TRACE_HOP_S", "check_ceiling", "loudness_loop", "master", "needs_loop", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]

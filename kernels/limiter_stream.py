@@ -296,7 +296,8 @@ class CheckStream:
 
     ``push(x, gain)`` takes the same input ``x`` the pass limited and the
     float32 gain it emitted for those samples (same lengths) and returns the
-    checked output determined so far; :meth:`finish` returns the rest. Then
+    checked output determined so far (``gain_sink``, if given, gets the final
+    gain of the same samples); :meth:`finish` returns the rest. Then
     :attr:`true_peak_dbtp`, :attr:`corrections`, :attr:`max_gain_reduction_db`,
     and :attr:`trim`: ``None`` when the ceiling held, else the factor the
     caller must run this pass again with (``CheckStream(..., trim=t)``),
@@ -304,8 +305,9 @@ class CheckStream:
     """
 
     def __init__(self, params: LimiterParams, sample_rate: float, channels: int, total: int,
-                 trim: float = 1.0):
+                 trim: float = 1.0, gain_sink=None):
         self.params, self.channels, self.n = params, channels, int(total)
+        self.gain_sink = gain_sink  # called with each emitted stretch of the final float32 gain
         self.sample_rate = sample_rate
         self.trim_in = float(trim)
         ceiling_lin = 10.0 ** (params.ceiling_dbtp / 20.0)
@@ -376,6 +378,8 @@ class CheckStream:
         out = self.x.window(a, b) * gain_x
         if b > a:
             self.min_gain = min(self.min_gain, backend.to_float(gain_x.min()))
+            if self.gain_sink is not None:
+                self.gain_sink(gain_x)
         self.emitted = b
         bufs = [self.x, self.gain0, self.out0, self.det0.env]
         for c in self.stages:

@@ -151,3 +151,19 @@ def test_memory_stays_bounded():
         held_cs.append(sum(b.data.shape[-1] for b in bufs))
     assert max(held_ls) < 3 * (5000 + 2 * 1536)
     assert max(held_cs) < 20 * (5000 + 2 * 1536)
+
+
+def test_reduction_trace_in_pieces_equals_whole():
+    from kernels.chain import ReductionTrace
+
+    g = np.linspace(1.0, 0.5, 100_003).astype(np.float32)
+    g[50_000] = 0.1
+    whole = ReductionTrace(RATE)
+    whole.push(g)
+    pieces = ReductionTrace(RATE)
+    for b in stream.split(g[None], [1, 4799, 4800, 7, 33333]):
+        pieces.push(b[0])
+    a, b = whole.result(), pieces.result()
+    assert a.shape == (-(-g.size // 4800),) and np.array_equal(a, b)
+    assert a[50_000 // 4800] == pytest.approx(20.0, abs=1e-5)
+    assert a[0] == pytest.approx(-20 * np.log10(g[:4800].min()), abs=1e-5)

@@ -20,6 +20,7 @@ from farm.records import STATUS_OK
 from farm.render import render_track
 from farm.stream_render import Spill, master_streamed
 from kernels import stream
+from kernels.chain import master
 from kernels.params import ChainParams
 from test_render import one_task, write_audio
 
@@ -131,6 +132,10 @@ def test_progress_rises_to_one_and_spills_are_bounded(tmp_path):
     assert res.reached and abs(res.integrated_lufs - chain.loudness.target_lufs) <= 0.1
     assert res.true_peak_dbtp <= chain.limiter.ceiling_dbtp
     assert sorted(os.listdir(tmp_path)) == ["p.wav"]  # spills removed
+    whole = master(x, rate, chain)
+    assert np.array_equal(np.concatenate(written, axis=-1), whole.audio)
+    assert res.gain_reduction_db.shape == (-(-frames // 4800),)
+    assert np.array_equal(res.gain_reduction_db, whole.gain_reduction_db) and res.gain_reduction_db.max() > 0
 
 
 def test_spill_reads_back_what_was_written(tmp_path):
