@@ -39,6 +39,9 @@ def add_parser(subparsers, parents=()):
     p.add_argument("--target-lufs", type=float, help="override the preset's integrated loudness target (LUFS)")
     p.add_argument("--strict", action="store_true",
                    help="stop before rendering if any catalog row has a problem (default: those rows fail alone)")
+    p.add_argument("--album-mode", action="store_true", default=None,
+                   help="tracks sharing an album keep their loudness differences; the album's loudest track "
+                        "meets the target (default: the job file's album_mode, else off)")
     add_run_options(p)
     p.set_defaults(handler=run)
     return p
@@ -135,8 +138,9 @@ def render_and_summarise(job, args, out, err) -> int:
     from .pipeline import render_job
     from .report import summary_table
 
-    try:  # the flag overrides the job file's memory_budget_mb, as --backend does its backend
+    try:  # the flags override the job file's memory_budget_mb and album_mode, as --backend does its backend
         job = job.with_memory_budget(getattr(args, "memory_budget_mb", None))
+        job = job.with_album_mode(getattr(args, "album_mode", None))
     except ConfigError as e:
         print(f"farm render: {e}", file=err)
         return ExitStatus.USAGE

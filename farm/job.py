@@ -9,6 +9,8 @@ A job file (TOML; relative paths resolve against the job file's folder)::
     scheduler = "tcp://10.0.0.5:8786"   # optional: an existing Dask scheduler
     memory_budget_mb = 8192             # optional: host memory (MiB) per worker process for its renders;
                                         #   a longer programme is rendered streamed (default: the worker's)
+    album_mode = true                   # optional: an album's tracks keep their loudness differences,
+                                        #   its loudest track meets the target (farm.album)
     description = "..."                 # optional, free text
 
     [output]                            # optional: how this job writes files
@@ -63,7 +65,8 @@ from .records import RenderTask, TrackSpec
 
 BACKENDS = ("auto", "cpu", "gpu")
 _JOB_KEYS = {"catalog": "str", "preset": "str", "output_dir": "str", "backend": "str", "scheduler": "str",
-             "description": "str", "memory_budget_mb": "int", "output": "table", "overrides": "table"}
+             "description": "str", "memory_budget_mb": "int", "album_mode": "bool", "output": "table",
+             "overrides": "table"}
 _REQUIRED = ("catalog", "preset", "output_dir")
 
 
@@ -84,6 +87,7 @@ class Job:
     # catalog rows set aside for their own metadata problems (keep_going=True): they fail alone
     rejected: tuple[_catalog.RejectedRow, ...] = ()
     memory_budget_mb: int | None = None  # MiB per worker process; None: each worker's default
+    album_mode: bool = False  # tracks of an album keep their loudness differences (farm.album)
 
     def with_memory_budget(self, memory_budget_mb: int | None, origin: str = "--memory-budget-mb") -> "Job":
         """This job with another memory budget (``None`` keeps the job's); ConfigError naming
@@ -94,6 +98,10 @@ class Job:
         budget = _check_budget(memory_budget_mb, origin, problems)
         problems.raise_if_any()
         return dataclasses.replace(self, memory_budget_mb=budget)
+
+    def with_album_mode(self, album_mode: bool | None) -> "Job":
+        """This job with album mode on or off (``None`` keeps the job's)."""
+        return self if album_mode is None else dataclasses.replace(self, album_mode=bool(album_mode))
 
     def tasks(self) -> list[RenderTask]:
         """One :class:`~farm.records.RenderTask` per catalog row, in catalog order.
@@ -184,7 +192,8 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
               origin: str,
               output: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None, backend: Any,
               scheduler: Any, path: str | None, description: str, require_files: bool,
-              problems: Problems, keep_going: bool = False, memory_budget_mb: Any = None) -> Job:
+              problems: Problems, keep_going: bool = False, memory_budget_mb: Any = None,
+              album_mode: Any = False) -> Job:
     """Load preset and catalog, collecting their problems with the job's own; build and validate the Job."""
     preset = None
     if preset_ref is not None:
@@ -215,7 +224,7 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
     job = Job(catalog=os.path.abspath(catalog_path), tracks=tuple(tracks), preset=preset, output_dir=out_dir,
               backend=backend, scheduler=scheduler, path=path, output=dict(output or {}),
               description=description, origin=origin, rejected=tuple(rejected or ()),
-              memory_budget_mb=memory_budget_mb)
+              memory_budget_mb=memory_budget_mb, album_mode=album_mode is True)
     job.tasks()  # validates every track's merged settings and output name
     return job
 
@@ -251,6 +260,8 @@ def load_job(path: str | os.PathLike, *, require_files: bool = False, keep_going
             problems.add(f"{where}: {key!r} must be a table [{key}], got {value!r}")
         elif kind == "str" and not isinstance(value, str):
             problems.add(f"{where} {key}: must be text, got {value!r}")
+        elif kind == "bool" and not isinstance(value, bool):
+            problems.add(f"{where} {key}: must be true or false, got {value!r}")
     for key in _REQUIRED:
         if key not in data:
             problems.add(f"{where}: {key!r} is required ({_REQUIRED_HELP[key]})")
@@ -270,7 +281,8 @@ def load_job(path: str | os.PathLike, *, require_files: bool = False, keep_going
                      origin=where, output=table("output"), overrides=table("overrides"),
                      backend=text("backend") or "auto", scheduler=text("scheduler"), path=path,
                      description=text("description") or "", require_files=require_files, problems=problems,
-                     keep_going=keep_going, memory_budget_mb=data.get("memory_budget_mb"))
+                     keep_going=keep_going, memory_budget_mb=data.get("memory_budget_mb"),
+                     album_mode=data.get("album_mode", False))
 
 
 _REQUIRED_HELP = {
@@ -285,14 +297,15 @@ def job_from_flags(catalog: str | os.PathLike, preset: str, output_dir: str | os
                    naming: str | None = None, target_lufs: float | None = None,
                    overrides: Mapping[str, Any] | None = None, backend: str = "auto",
                    scheduler: str | None = None, require_files: bool = False, keep_going: bool = False,
-                   memory_budget_mb: int | None = None) -> Job:
+                   memory_budget_mb: int | None = None, album_mode: bool = False) -> Job:
     """The :class:`Job` for ``farm render CATALOG --preset P -o DIR [...]``.
 
     Relative paths resolve against the working folder. ``format``,
     ``bit_depth``, ``sample_rate`` and ``naming`` form the job's ``[output]``
     table; ``target_lufs`` overrides the preset's loudness target;
     ``overrides`` are preset-table overrides as in a job's ``[overrides]``;
-    ``memory_budget_mb`` as a job file's (``--memory-budget-mb``).
+    ``memory_budget_mb`` as a job file's (``--memory-budget-mb``); ``album_mode``
+    as a job file's (``--album-mode``, see :mod:`farm.album`).
     """
     output = {k: v for k, v in (("format", format), ("bit_depth", bit_depth), ("sample_rate", sample_rate),
                                 ("naming", naming)) if v is not None}
@@ -305,4 +318,4 @@ def job_from_flags(catalog: str | os.PathLike, preset: str, output_dir: str | os
                      output_dir=os.fspath(output_dir), base_dir=os.getcwd(), origin="command line",
                      output=output, overrides=merged, backend=backend, scheduler=scheduler, path=None,
                      description="", require_files=require_files, problems=Problems(), keep_going=keep_going,
-                     memory_budget_mb=memory_budget_mb)
+                     memory_budget_mb=memory_budget_mb, album_mode=album_mode)

@@ -16,13 +16,14 @@ The exit code is 0 only if every row passed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, TextIO
 
-from . import report
+from . import album, report
 from .catalog import RejectedRow
 from .job import Job
 from .journal import Journal, task_key
@@ -124,7 +125,25 @@ def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, b
     scheduler = scheduler or job.scheduler
     backend = backend or job.backend
     info = None
-    with Journal(job.output_dir) as journal:
+    with contextlib.ExitStack() as stack:
+        client = None
+
+        def connect():
+            nonlocal client, info
+            if client is None:
+                client, info = stack.enter_context(open_client(scheduler, backend, n_workers, threads_per_worker,
+                                                               dashboard, security=security))
+                say(info.describe())
+            return client
+
+        album_info = {}
+        if job.album_mode:  # the targets depend on every album track's loudness: measure first
+            loudness = album.measure_albums(connect(), tasks) if any(album.album_key(t) for t in tasks) else {}
+            tasks, album_info = album.album_targets(tasks, loudness)
+            for name, a in album_info.items():
+                say(f"album {name}: {a['tracks']} tracks, loudest input {a['loudest_input_lufs']} LUFS "
+                    f"-> {a['target_lufs']} LUFS")
+        journal = stack.enter_context(Journal(job.output_dir))
         is_done = None if force else (lambda t: journal.is_done(t, journal.input_hash(t.track.source)))
         work = plan(tasks, is_done)
         # A journaled result carries the row number of the run that rendered it. Look it
@@ -138,10 +157,7 @@ def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, b
             + (f", {len(job.rejected)} set aside for catalog problems" if job.rejected else ""))
         fresh: list[TrackResult] = []
         if work.todo:
-            with open_client(scheduler, backend, n_workers, threads_per_worker, dashboard,
-                             security=security) as (client, info):
-                say(info.describe())
-                fresh = run_tasks(client, work.todo, task_fn=task_fn, journal=journal, progress=progress)
+            fresh = run_tasks(connect(), work.todo, task_fn=task_fn, journal=journal, progress=progress)
         # Every task of this run has landed (run_tasks returned), so no attempt of ours
         # is writing now: temporary files still beside these masters were left by a
         # worker killed mid-write (in this run or an earlier one) and are removed.
@@ -156,6 +172,7 @@ def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, b
         "backend": backend, "scheduler": scheduler, "force": force, "started": started,
         "finished": time.time(), "rendered": len(fresh), "skipped": len(work.done), "rejected": len(job.rejected),
         "cluster": info.to_dict() if info is not None else None,
+        "albums": album_info or None,
     }
     paths = report.write_reports(results, job.output_dir, job_info, titles=job.titles())
     return RunOutcome(results=results, rendered=len(fresh), skipped=len(work.done), rejected=len(job.rejected),
