@@ -1,7 +1,7 @@
 """A long programme rendered streamed: peak memory and realtime factor next to a short track's.
 
     .venv/bin/python bench/long.py [--minutes 120] [--rate 96000] [--short-minutes 4]
-                                   [--preset master] [--memory-budget-mb 1024] [--workdir DIR]
+                                   [--preset master] [--memory-budget-mb 1024] [--workdir DIR] [--reuse]
 
 1. Writes a ``--minutes`` stereo programme at ``--rate`` (24-bit FLAC, made
    of ``farm.synth.music`` minutes with different seeds, tempi and levels,
@@ -95,6 +95,8 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="master")
     ap.add_argument("--memory-budget-mb", type=int, default=1024)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep programmes already in --workdir that have the asked length and rate")
     a = ap.parse_args(argv)
     work = a.workdir or tempfile.mkdtemp(prefix="farm-long-")
     os.makedirs(work, exist_ok=True)
@@ -104,8 +106,15 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     long_src = os.path.join(work, "long.flac")
     short_src = os.path.join(work, "short.flac")
-    long_s = write_programme(long_src, a.minutes, a.rate, seed=1)
-    short_s = write_programme(short_src, a.short_minutes, a.rate, seed=1)
+    def made(path, minutes):
+        if a.reuse and os.path.exists(path):
+            info = sf.info(path)
+            if info.samplerate == a.rate and abs(info.duration - minutes * 60) < 1e-6:
+                return info.duration
+        return write_programme(path, minutes, a.rate, seed=1)
+
+    long_s = made(long_src, a.minutes)
+    short_s = made(short_src, a.short_minutes)
     print(f"# wrote {long_s / 60:.1f} min and {short_s / 60:.1f} min of {a.rate} Hz stereo 24-bit FLAC "
           f"({os.path.getsize(long_src) / 2**30:.2f} GiB) in {time.perf_counter() - t:.0f} s")
     # The short track first: ru_maxrss of children is a running maximum, so the long

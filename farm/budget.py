@@ -148,6 +148,40 @@ def resolve_budget_mb(memory_budget_mb: int | None, threads: int | None = None) 
     return max(MIN_BUDGET_MB, budget // n)
 
 
+# A whole-file render on a GPU holds the programme on the device: the decoded
+# signal, the shared stages' output, the gained and limited copies (float32) and
+# the limiter's float64 gains and envelopes, plus one detection chunk's spectra.
+# NOT measured (no GPU was lent to the session that wrote this): counted from the
+# kernels' working set as ~12 float32 copies per sample per channel. The streamed
+# render's device blocks are small (a few seconds), so a programme past the
+# device budget streams instead of running out of device memory (and the
+# render's out-of-memory fallback to the CPU stays a last resort).
+GPU_BYTES_PER_SAMPLE = 48
+GPU_MEMORY_FRACTION = 0.8  # of the device's memory, shared by the worker's threads
+
+
+def gpu_budget_mb(gpu_memory_budget_mb: int | None = None, threads: int | None = None) -> int | None:
+    """Device memory (MiB) one render on this worker's GPU may use: the job's
+    ``gpu_memory_budget_mb`` (per GPU) or :data:`GPU_MEMORY_FRACTION` of the
+    device's total memory, shared by the worker's threads; ``None`` when no
+    CUDA device is visible."""
+    n = _worker_threads() if threads is None else max(1, int(threads))
+    if gpu_memory_budget_mb is not None:
+        return max(1, int(gpu_memory_budget_mb) // n)
+    try:
+        import cupy
+
+        _, total = cupy.cuda.Device().mem_info
+    except Exception:  # no CuPy, no device, a broken driver: no device budget
+        return None
+    return max(1, int(total * GPU_MEMORY_FRACTION) // MiB // n)
+
+
+def device_should_stream(frames: int, channels: int, gpu_mb: int | None) -> bool:
+    """True when the whole-file chain would not fit ``gpu_mb`` MiB of device memory."""
+    return gpu_mb is not None and int(frames) * int(channels) * GPU_BYTES_PER_SAMPLE > int(gpu_mb) * MiB
+
+
 def whole_file_bytes(frames: int, channels: int) -> int:
     """Estimated peak host bytes of a whole-file render of ``frames`` frames
     (at the output rate) of ``channels`` channels, above the idle worker."""

@@ -188,3 +188,21 @@ def test_demo_takes_the_flag_too(tmp_path, monkeypatch):
     p = argparse.ArgumentParser()
     demo.add_parser(p.add_subparsers())
     assert p.parse_args(["demo", "--memory-budget-mb", "2048"]).memory_budget_mb == 2048
+
+
+def test_gpu_budget_from_the_job_or_the_device():
+    from farm import budget
+
+    assert budget.gpu_budget_mb(8192, threads=4) == 2048
+    try:
+        import cupy  # noqa: F401
+
+        has_cupy = True
+    except ImportError:
+        has_cupy = False
+    if not has_cupy:
+        assert budget.gpu_budget_mb(None, threads=1) is None  # no device: no device budget
+    assert not budget.device_should_stream(10 ** 9, 2, None)
+    frames = 2 * 3600 * 96000  # two hours at 96 kHz stereo: 66 GB of device working set
+    assert budget.device_should_stream(frames, 2, 40 * 1024)
+    assert not budget.device_should_stream(4 * 60 * 48000, 2, 40 * 1024)  # a song fits an H100 share
