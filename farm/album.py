@@ -73,7 +73,7 @@ def album_targets(tasks: list[RenderTask], loudness: dict[str, float | None]) ->
     for i, t in enumerate(tasks):
         key = album_key(t)
         if key is not None and loudness.get(t.track.source) is not None:
-            groups[key].append(i)
+            groups[key + ((t.preset,) if len({u.preset for u in tasks}) > 1 else ())].append(i)  # per deliverable
     out = list(tasks)
     summary = {}
     for key, idx in groups.items():

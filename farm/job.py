@@ -3,7 +3,9 @@
 A job file (TOML; relative paths resolve against the job file's folder)::
 
     catalog = "example/catalog.csv"     # required: CSV or JSON catalog
-    preset = "streaming"                # required: a preset name or a .toml path
+    preset = "streaming"                # required: a preset name or a .toml path; several
+                                        #   (["streaming", "ebu-r128"] or "streaming,ebu-r128"): one
+                                        #   deliverable each, in a subfolder named after its preset
     output_dir = "masters"              # required: where masters, reports and the journal go
     backend = "auto"                    # "auto" | "cpu" | "gpu"
     scheduler = "tcp://10.0.0.5:8786"   # optional: an existing Dask scheduler
@@ -88,6 +90,14 @@ class Job:
     rejected: tuple[_catalog.RejectedRow, ...] = ()
     memory_budget_mb: int | None = None  # MiB per worker process; None: each worker's default
     album_mode: bool = False  # tracks of an album keep their loudness differences (farm.album)
+    # ``--preset a,b,c``: every track mastered for each of these (``preset`` is the first),
+    # each deliverable into a subfolder named after its preset; () for one preset
+    deliverables: tuple[Preset, ...] = ()
+
+    @property
+    def presets(self) -> tuple[Preset, ...]:
+        """The presets every track is mastered for (one unless ``--preset a,b,c``)."""
+        return self.deliverables or (self.preset,)
 
     def with_memory_budget(self, memory_budget_mb: int | None, origin: str = "--memory-budget-mb") -> "Job":
         """This job with another memory budget (``None`` keeps the job's); ConfigError naming
@@ -120,21 +130,29 @@ class Job:
             where = f"{cat_display} row {t.row}"
             try:
                 if t.preset is None:
-                    p = self.preset
+                    chosen = list(self.presets)
                 else:
                     if t.preset not in by_preset:
                         base = load_preset(t.preset, base_dir=cat_dir, origin=f"{where}, field 'preset'")
                         by_preset[t.preset] = with_output(base, self.output, out_origin)
-                    p = by_preset[t.preset]
+                    chosen = [by_preset[t.preset]]
                 if t.target_lufs is not None:
-                    p = p.with_target(t.target_lufs, origin=f"{where}, field 'target_lufs'")
+                    chosen = [p.with_target(t.target_lufs, origin=f"{where}, field 'target_lufs'") for p in chosen]
             except ConfigError as e:
                 problems.extend(e)
                 continue
-            settled.append((t, p))
+            settled.extend((t, p) for p in chosen)
         problems.raise_if_any()
 
-        paths = naming.assign_paths([(t, p.output) for t, p in settled], self.output_dir)
+        # several deliverables: one subfolder each, named after the preset
+        folders = [os.path.join(self.output_dir, naming.sanitize(p.name)) if self.deliverables else self.output_dir
+                   for _, p in settled]
+        paths: list[str] = [""] * len(settled)
+        for folder in dict.fromkeys(folders):
+            idx = [i for i, f in enumerate(folders) if f == folder]
+            for i, out in zip(idx, naming.assign_paths([(settled[i][0], settled[i][1].output) for i in idx],
+                                                       folder)):
+                paths[i] = out
         inputs = {os.path.normcase(os.path.realpath(t.source)): t.row for t in self.tracks}
         dirs = tuple(dict.fromkeys(d for d in (os.path.dirname(self.path) if self.path else None, cat_dir)
                                    if d))
@@ -196,13 +214,25 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
               album_mode: Any = False) -> Job:
     """Load preset and catalog, collecting their problems with the job's own; build and validate the Job."""
     preset = None
+    deliverables: list[Preset] = []
     if preset_ref is not None:
-        try:
-            preset = load_preset(preset_ref, base_dir=base_dir, origin=f"{origin} preset")
-            preset = preset.with_overrides(overrides, origin=f"{origin} [overrides]", base_dir=base_dir)
-            preset = with_output(preset, output, f"{origin} [output]")
-        except ConfigError as e:
-            problems.extend(e)
+        refs = [r.strip() for r in preset_ref.split(",")]
+        if not all(refs):
+            problems.add(f"{origin} preset: {preset_ref!r} has an empty name; list presets as 'a,b,c'")
+        elif len(set(refs)) != len(refs):
+            problems.add(f"{origin} preset: {preset_ref!r} names a preset twice")
+        for ref in refs if all(refs) else ():
+            try:
+                p = load_preset(ref, base_dir=base_dir, origin=f"{origin} preset")
+                p = p.with_overrides(overrides, origin=f"{origin} [overrides]", base_dir=base_dir)
+                deliverables.append(with_output(p, output, f"{origin} [output]"))
+            except ConfigError as e:
+                problems.extend(e)
+        names = [p.name for p in deliverables]
+        if len(set(names)) != len(names):
+            problems.add(f"{origin} preset: {preset_ref!r} gives two deliverables the same name "
+                         f"({', '.join(names)}); each gets a subfolder named after its preset")
+        preset = deliverables[0] if deliverables else None
     tracks: list[TrackSpec] = []
     rejected: list[_catalog.RejectedRow] | None = [] if keep_going else None
     if catalog_path is not None:
@@ -224,7 +254,8 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
     job = Job(catalog=os.path.abspath(catalog_path), tracks=tuple(tracks), preset=preset, output_dir=out_dir,
               backend=backend, scheduler=scheduler, path=path, output=dict(output or {}),
               description=description, origin=origin, rejected=tuple(rejected or ()),
-              memory_budget_mb=memory_budget_mb, album_mode=album_mode is True)
+              memory_budget_mb=memory_budget_mb, album_mode=album_mode is True,
+              deliverables=tuple(deliverables) if len(deliverables) > 1 else ())
     job.tasks()  # validates every track's merged settings and output name
     return job
 
@@ -247,6 +278,8 @@ def load_job(path: str | os.PathLike, *, require_files: bool = False, keep_going
     except OSError as e:
         raise ConfigError(f"{where}: cannot read the job file ({e.strerror or e})") from None
     problems = Problems()
+    if isinstance(data.get("preset"), list) and data["preset"] and all(isinstance(v, str) for v in data["preset"]):
+        data["preset"] = ",".join(data["preset"])  # preset = ["streaming", "ebu-r128"]: one deliverable each
     for key, value in data.items():
         kind = _JOB_KEYS.get(key)
         if kind is None:

@@ -27,7 +27,7 @@ from . import album, report
 from .catalog import RejectedRow
 from .job import Job
 from .journal import Journal, task_key
-from .records import STATUS_FAILED, TrackResult
+from .records import STATUS_FAILED, RenderGroup, TrackResult
 from .runner import plan, run_tasks
 
 
@@ -101,6 +101,16 @@ def remove_stray_partials(tasks) -> list[str]:
     return removed
 
 
+def _units(tasks: list) -> list:
+    """One unit of work per input: a track's deliverables (``--preset a,b,c``) that
+    still need rendering go to one worker together as a RenderGroup, so the input is
+    decoded and its shared stages run once; a lone task goes as itself."""
+    by_input: dict[tuple, list] = {}
+    for t in tasks:
+        by_input.setdefault((t.track.row, t.track.source), []).append(t)
+    return [g[0] if len(g) == 1 else RenderGroup(tuple(g)) for g in by_input.values()]
+
+
 def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, backend: str | None = None,
                n_workers: int | None = None, threads_per_worker: int | None = None, dashboard: bool | str = True,
                progress: bool | TextIO = True, log: Callable[[str], None] | None = None,
@@ -157,7 +167,9 @@ def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, b
             + (f", {len(job.rejected)} set aside for catalog problems" if job.rejected else ""))
         fresh: list[TrackResult] = []
         if work.todo:
-            fresh = run_tasks(connect(), work.todo, task_fn=task_fn, journal=journal, progress=progress)
+            units = _units(work.todo)
+            landed = run_tasks(connect(), units, task_fn=task_fn, journal=journal, progress=progress)
+            fresh = [r for x in landed for r in (x if isinstance(x, list) else [x])]
         # Every task of this run has landed (run_tasks returned), so no attempt of ours
         # is writing now: temporary files still beside these masters were left by a
         # worker killed mid-write (in this run or an earlier one) and are removed.

@@ -105,6 +105,23 @@ def _exception_failure(task, exc: BaseException, retries: int) -> TrackResult:
     return failure(task, f"the task failed on the cluster{again}: {text}")
 
 
+def members(task) -> list:
+    """The render tasks a unit of work stands for: a group's (:class:`~farm.records.RenderGroup`,
+    one input mastered for several deliverables in one Dask task), else the task itself."""
+    return list(getattr(task, "tasks", None) or [task])
+
+
+def _per_member(task, value: Any) -> list[TrackResult]:
+    """One result per member of ``task``: a group's list of results, or one result
+    (a failure that hit the whole group) given to every member under its own preset."""
+    group = members(task)
+    if isinstance(value, (list, tuple)) and len(value) == len(group):
+        return [_as_result(m, v) for m, v in zip(group, value)]
+    one = _as_result(group[0], value)
+    return [one] + [TrackResult(**{**one.to_dict(), "preset": str(getattr(m, "preset", "") or "")})
+                    for m in group[1:]]
+
+
 def _as_result(task, value: Any) -> TrackResult:
     if isinstance(value, TrackResult):
         return value
@@ -209,6 +226,11 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
               max_in_flight: int | None = None) -> list[TrackResult]:
     """Run ``task_fn`` (default :func:`farm.render.render_track`) once per task; results in task order.
 
+    A task may be a :class:`~farm.records.RenderGroup` (one input, several
+    deliverables): ``task_fn`` then returns a list of results, each journaled
+    under its own member task, and the group's entry in the returned list is
+    that list (see :func:`members`).
+
     ``journal``: an object with ``input_hash(path)`` and ``record(task,
     input_hash, result)`` (:class:`farm.journal.Journal`); inputs are hashed
     here before submission and each result is recorded as it lands.
@@ -259,13 +281,18 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
     bar = Progress(len(tasks), stream)
     pending: dict[str, tuple[int, Any]] = {}
 
-    def land(i: int, result: TrackResult) -> None:
-        if journal is not None and hashes[i] is not None:
-            result = _record(journal, tasks[i], hashes[i], result)
-        results[i] = result
-        bar.update(result, key=submitter.keys[i])
+    def land(i: int, value) -> None:
+        landed = []
+        for m, result in zip(members(tasks[i]), _per_member(tasks[i], value)):
+            if journal is not None and hashes[i] is not None:
+                result = _record(journal, m, hashes[i], result)
+            landed.append(result)
+        results[i] = landed if hasattr(tasks[i], "tasks") else landed[0]
+        worst = next((r for r in landed if not r.ok), landed[0])
+        bar.update(worst, key=submitter.keys[i])
         if on_result is not None:
-            on_result(result)
+            for r in landed:
+                on_result(r)
 
     submitter = _Submitter(client, task_fn, tasks, retries, gpu_share, max_in_flight)
     ac = as_completed([], with_results=True, raise_errors=False, loop=client.loop)
@@ -287,7 +314,7 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
                 lost += 1
                 continue
             if status == "finished":
-                land(i, _as_result(tasks[i], value))
+                land(i, value)
             elif isinstance(value, tuple) and len(value) == 3:  # (type, exception, traceback)
                 land(i, _exception_failure(tasks[i], value[1], retries))
             elif isinstance(value, BaseException):  # CancelledError: scheduler lost or cancelled
