@@ -95,6 +95,12 @@ class TrackResult:
     # client's hashing is the first bottleneck, see deploy/SCALING.md); also a
     # delivery checksum in report.json.
     output_hash: str | None = None
+    # The report's plot series for this track (farm.plots: short-term loudness, spectrum,
+    # gain reduction, true-peak markers of input and master), written by the worker:
+    # a path relative to the master's folder ("report/data/<master name>.json": the output
+    # folder, or its per-preset subfolder), None when there is none (the input could not be
+    # decoded). Only the path travels, never the series.
+    plot_data: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -25,7 +25,7 @@ from kernels import loudness as meter
 from kernels.chain import UnmeasurableError, master
 from kernels.params import REVERB_TYPES
 
-from . import audio, budget, tags
+from . import audio, budget, plots, tags
 from .journal import file_hash
 from .progress import track_progress
 from .records import STATUS_FAILED, STATUS_OK, RenderTask, TrackResult
@@ -174,7 +174,10 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
         check = audio.decode(tmp)
         after = _stats(check.audio, check.sample_rate)
         checks, problems = _validate(task, dec, check, after, rate, bit_depth, check.audio)
-        return _publish(task, tmp, res, before, after, checks, problems, name, timings, t_start, t)
+        # the report's plot series (farm.plots) of the input and the delivered file, pass or fail
+        plot_data = _plot_data(task, res, (dec.audio, dec.sample_rate), (check.audio, check.sample_rate), timings)
+        return dataclasses.replace(_publish(task, tmp, res, before, after, checks, problems, name, timings,
+                                            t_start, t), plot_data=plot_data)
 
 
 def _track_chain(task: RenderTask, bit_depth: int):
@@ -246,8 +249,10 @@ def _render_streamed(task: RenderTask, reader, budget_mb: int, timings: dict, t_
 
         t = time.perf_counter()
         try:
+            plot_in = plots.SideStream(reader.sample_rate, reader.channels)  # fed by the decode pass
             res, before_stats, _ = master_streamed(reader, rate, chain, ir, sink, block=block, spill_beside=final,
-                                                   backend_name=name, progress=progress, timings=timings)
+                                                   backend_name=name, progress=progress, timings=timings,
+                                                   plot_input=plot_in)
         except audio.AudioError as e:  # the writer's message names only the temporary file
             raise audio.AudioError(f"{src}: cannot write the master {final}: {e} (nothing was left there)") from e
         before = {k: _round(v) for k, v in before_stats.to_dict().items()}
@@ -258,13 +263,25 @@ def _render_streamed(task: RenderTask, reader, budget_mb: int, timings: dict, t_
         t = time.perf_counter()
         check = audio.BlockReader(tmp, block)
         meter = LoudnessMeter(check.sample_rate, check.channels)
+        plot_out = plots.SideStream(check.sample_rate, check.channels, short_term_from=meter)
         for b in check.blocks():
             meter.push(b)
+            plot_out.push(b)
         progress(1.0)
         after = {k: _round(v) for k, v in meter.result().to_dict().items()}
         check.frames = check.frames_read
         checks, problems = _validate(task, reader, check, after, rate, bit_depth, None)
-        return _publish(task, tmp, res, before, after, checks, problems, name, timings, t_start, t)
+        plot_data = _plot_data(task, res, plot_in, plot_out, timings)
+        return dataclasses.replace(_publish(task, tmp, res, before, after, checks, problems, name, timings,
+                                            t_start, t), plot_data=plot_data)
+
+
+def _plot_data(task: RenderTask, res, before, after, timings: dict) -> str | None:
+    """Write the report's plot data (farm.plots.write_track_data); time it as "plots"."""
+    t = time.perf_counter()
+    rel = plots.write_track_data(task, res, before, after)
+    timings["plots"] = round(time.perf_counter() - t, 4)
+    return rel
 
 
 GPU_OOM_BACKEND = "cpu (gpu out of memory)"  # the result's backend when a GPU render fell back

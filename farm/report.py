@@ -1,12 +1,16 @@
-"""What a run hands back: ``report.json``, ``report.csv`` and a terminal summary.
+"""What a run hands back: ``report.json``, ``report.csv``, ``report.html`` and a terminal summary.
 
 ``report.json`` holds the job (preset, catalog, start and finish, backend,
 cluster), the totals, and per track the whole :class:`~farm.records.TrackResult`
 plus its verdict. ``report.csv`` is one flat row per track with the columns a
 mastering engineer sorts by (:data:`CSV_COLUMNS`), UTF-8, safe to open in a
 spreadsheet (text cells that would start a formula are quoted with ``'``).
-Both are written to a temporary name and renamed, so a reader never sees a
-half-written report.
+``report.html`` (:mod:`farm.report_html`) is the same catalog as a sortable
+table in colour with each track's before/after plots, self-contained (it
+opens from disk), drawn from the plot data the workers wrote
+(:mod:`farm.plots`); the plots are also written as PNGs under
+``report/png/``. All are written to a temporary name and renamed, so a
+reader never sees a half-written report.
 """
 from __future__ import annotations
 
@@ -50,6 +54,8 @@ CSV_COLUMNS = (
 class ReportPaths:
     json: str
     csv: str
+    html: str | None = None  # None when write_reports(..., html=False)
+    pngs: tuple[str, ...] = ()  # the per-track plot PNGs (report/png/)
 
 
 def verdict(result: TrackResult) -> str:
@@ -109,8 +115,9 @@ def csv_rows(results: Iterable[TrackResult], *, titles: Mapping[int, str] | None
 
 
 def write_reports(results: Sequence[TrackResult], out_dir: str, job_info: Mapping[str, Any] | None = None, *,
-                  titles: Mapping[int, str] | None = None) -> ReportPaths:
-    """Write ``report.json`` and ``report.csv`` into ``out_dir`` (atomically); return their paths.
+                  titles: Mapping[int, str] | None = None, html: bool = True) -> ReportPaths:
+    """Write ``report.json``, ``report.csv`` and (``html``) ``report.html`` with
+    its PNGs into ``out_dir`` (atomically); return their paths.
 
     ``job_info``: preset, catalog, started/finished (unix seconds, datetimes or
     ISO strings), backend, cluster (a dict or anything with ``to_dict()``), ...
@@ -120,15 +127,20 @@ def write_reports(results: Sequence[TrackResult], out_dir: str, job_info: Mappin
     os.makedirs(out_dir, exist_ok=True)
     doc = report_document(results, job_info, titles=titles)
     json_path = os.path.join(out_dir, REPORT_JSON)
-    _atomic_write(json_path, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write(json_path, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\r\n")  # RFC 4180 line ends
     writer.writeheader()
     for row in csv_rows(results, titles=titles):
         writer.writerow({k: _cell(v) for k, v in row.items()})
     csv_path = os.path.join(out_dir, REPORT_CSV)
-    _atomic_write(csv_path, buf.getvalue())
-    return ReportPaths(json=json_path, csv=csv_path)
+    atomic_write(csv_path, buf.getvalue())
+    if not html:
+        return ReportPaths(json=json_path, csv=csv_path)
+    from .report_html import write_html
+
+    html_path, pngs = write_html(results, out_dir, doc, titles=titles)
+    return ReportPaths(json=json_path, csv=csv_path, html=html_path, pngs=tuple(pngs))
 
 
 def summary_table(results: Sequence[TrackResult], *, titles: Mapping[int, str] | None = None,
@@ -267,12 +279,14 @@ def _iso(v):
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` under a temporary name, then rename:
+    a reader sees the old file or the whole new one, never a part."""
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         publish_mode(tmp)

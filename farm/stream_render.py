@@ -110,7 +110,7 @@ class _Progress:
 
 
 def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: int, spill_beside: str,
-                    backend_name: str = "cpu", progress=None, timings: dict | None = None):
+                    backend_name: str = "cpu", progress=None, timings: dict | None = None, plot_input=None):
     """Master ``reader`` (an :class:`farm.audio.BlockReader`) at ``rate`` Hz into ``sink``.
 
     ``sink()`` opens the output and returns a context manager with
@@ -118,6 +118,8 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
     twice (the final pass's trim rerun), each time from the start. Returns
     ``(MasterResult with audio=None, the input's LoudnessStats, frames written)``.
     Raises :class:`kernels.chain.UnmeasurableError` as :func:`~kernels.chain.master` does.
+    ``plot_input``: a :class:`farm.plots.SideStream` that sees the input's blocks in the
+    decode pass and takes its short-term loudness series from the input meter (the report's plots).
     """
     timings = {} if timings is None else timings
     channels, n_in = reader.channels, reader.frames
@@ -146,6 +148,8 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
 
         for b in reader.blocks():
             meter_in.push(b)
+            if plot_input is not None:
+                plot_input.push(b)
             read += b.shape[-1]
             shared(dev(resample.push(b) if resample else b))
             prog.at(read)
@@ -153,6 +157,8 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
             shared(dev(resample.finish()))
         shared(None)
         before = meter_in.result()
+        if plot_input is not None:
+            plot_input.short_term_from = meter_in
         if before.integrated_lufs is None:
             from kernels.chain import UnmeasurableError
 

@@ -31,6 +31,7 @@ import soundfile as sf
 
 from farm import synth
 from farm.job import job_from_flags
+from farm.plots import REPORT_DIR
 from farm.records import STATUS_FAILED, STATUS_OK, RenderTask, TrackResult
 from farm.render import render_track
 from kernels import loudness as meter
@@ -96,8 +97,10 @@ def one_task(folder, filename: str, preset: str = "streaming", tags: dict | None
 
 
 def folder_listing(folder: str) -> list[str]:
-    """Every name in ``folder`` (hidden ones included); [] if it does not exist."""
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    """Every name in ``folder`` (hidden ones included) but the report's folder (the
+    plot data the worker writes beside the masters, farm.plots.REPORT_DIR: it has
+    tests of its own in test_plots.py); [] if it does not exist."""
+    return sorted(n for n in os.listdir(folder) if n != REPORT_DIR) if os.path.isdir(folder) else []
 
 
 def read_master(path: str) -> tuple[np.ndarray, int]:

@@ -39,7 +39,8 @@ def test_reports_written_atomically_with_job_totals_and_tracks(tmp_path):
     job = {"preset": "streaming", "catalog": "/in/catalog.csv", "started": 1_700_000_000.0,
            "finished": 1_700_000_010.0, "backend": "cpu", "cluster": cluster, "weird": float("nan")}
     paths = write_reports(catalog(), str(tmp_path), job, titles={1: "Alpha", 2: "Beta"})
-    assert sorted(os.listdir(tmp_path)) == ["report.csv", "report.json"]  # no temporaries left
+    assert sorted(os.listdir(tmp_path)) == ["report.csv", "report.html", "report.json"]  # no temporaries left
+    assert paths.html == str(tmp_path / "report.html") and paths.pngs == ()  # no plot data: no PNGs
     doc = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert doc["job"]["preset"] == "streaming" and doc["job"]["cluster"]["n_workers"] == 2
     assert doc["job"]["started"] == "2023-11-14T22:13:20+00:00" and doc["job"]["weird"] is None

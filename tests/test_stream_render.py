@@ -75,8 +75,9 @@ def test_streamed_master_equals_whole_file_master(tmp_path, monkeypatch):
     assert_same_master(whole, kept, streamed)
     assert abs(streamed.result["integrated_lufs"] - (-14.0)) <= 0.15
     assert streamed.result["true_peak_dbtp"] <= -1.0
-    # only the master is left: the spills and the partial file are gone
-    assert sorted(os.listdir(os.path.dirname(streamed.output))) == [os.path.basename(streamed.output)]
+    # only the master (and the report's plot data) is left: the spills and the partial file are gone
+    assert sorted(os.listdir(os.path.dirname(streamed.output))) == sorted([os.path.basename(streamed.output),
+                                                                           "report"])
 
 
 def test_streamed_with_rate_conversion_and_ring_out(tmp_path, monkeypatch):
