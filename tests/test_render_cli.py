@@ -39,7 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FARM = os.path.join(os.path.dirname(sys.executable), "farm")
 FFPROBE, METAFLAC = shutil.which("ffprobe"), shutil.which("metaflac")
 JOURNAL_FILES = (".farm-journal.sqlite", ".farm-journal.sqlite-wal", ".farm-journal.sqlite-shm")
-REPORTS = ("report.json", "report.csv")
+REPORTS = ("report.json", "report.csv", "report.html", "report")  # report/: plot data and PNGs
 CLI_TIMEOUT_S = 300
 
 # The five built-in presets as the issue specifies them: target LUFS, tolerance LU,
