@@ -417,6 +417,114 @@ class BlockWriter:
                 self._f.close()
 
 
+# ---------------------------------------------------------------- lossy delivery copies
+
+# copy format -> (libsndfile format, subtype, extension, sample rates it takes (None: any), most channels)
+COPY_CONTAINERS = {
+    "ogg": ("OGG", "VORBIS", ".ogg", None, 8),
+    "opus": ("OGG", "OPUS", ".opus", (48000, 24000, 16000, 12000, 8000), 8),
+    "mp3": ("MP3", "MPEG_LAYER_III", ".mp3", (48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000), 2),
+}
+_COPY_NAMES = {"ogg": "Ogg Vorbis", "opus": "Ogg Opus", "mp3": "MP3 (MPEG Layer III)"}
+
+
+def copy_encoder_missing(fmt: str) -> str | None:
+    """Why this soundfile/libsndfile cannot encode copy format ``fmt`` (None: it can).
+
+    Asked at run time of the library in this process: libsndfile lists MP3
+    only when it was built with LAME and mpg123 (the wheel's 1.2.2 is; many
+    distribution builds are not), Opus only from 1.0.29 on."""
+    if fmt not in COPY_CONTAINERS:
+        return f"{fmt!r} is not a copy format; allowed: {', '.join(COPY_CONTAINERS)}"
+    if _listed(fmt):
+        return None
+    major, sub = COPY_CONTAINERS[fmt][:2]
+    have = [f for f in COPY_CONTAINERS if f != fmt and _listed(f)]
+    return (f"{_COPY_NAMES[fmt]} needs libsndfile's {major}/{sub} encoder, which this libsndfile "
+            f"({getattr(sf, '__libsndfile_version__', '?')}) does not have; copy formats available here: "
+            f"{', '.join(have) or 'none'}")
+
+
+def _listed(fmt: str) -> bool:
+    major, sub = COPY_CONTAINERS[fmt][:2]
+    try:
+        return major in sf.available_formats() and sub in sf.available_subtypes(major)
+    except Exception:  # a libsndfile that cannot even list its formats
+        return False
+
+
+def copy_extension(fmt: str) -> str:
+    return COPY_CONTAINERS[fmt][2]
+
+
+def copy_rate(fmt: str, rate: int) -> int:
+    """The sample rate a ``fmt`` copy of a ``rate`` Hz master is written at: the
+    master's where the codec takes it; else 48 kHz (Opus always decodes at 48 kHz;
+    MP3 stops at 48 kHz) or, for MP3 from a 44.1 kHz family rate, 44.1 kHz."""
+    rates = COPY_CONTAINERS[fmt][3]
+    if rates is None or rate in rates:
+        return 48000 if fmt == "opus" else int(rate)
+    return 44100 if fmt == "mp3" and rate % 44100 == 0 else 48000
+
+
+class CopyWriter:
+    """A lossy copy written block by block: ``write((channels, k) float block)``, ``close()``.
+
+    ``quality`` 0.1 .. 1.0 is libsndfile's ``compression_level = 1 - quality``
+    (Vorbis VBR quality, Opus and MP3 bitrate). Every failure is an
+    :class:`AudioError` naming ``path``. A context manager, as :class:`BlockWriter`."""
+
+    def __init__(self, path: str, sample_rate: int, channels: int, fmt: str, quality: float):
+        major, sub, _, rates, most = COPY_CONTAINERS[fmt]
+        self.path, self.fmt = path, fmt
+        self.channels, self.sample_rate = int(channels), int(sample_rate)
+        self.frames_written = 0
+        what = f"{_COPY_NAMES[fmt]} copy"
+        if self.channels > most:
+            raise AudioError(f"{path}: cannot write a {what}: {fmt} holds at most {most} channels, "
+                             f"the master has {self.channels}")
+        if rates is not None and self.sample_rate not in rates:
+            raise AudioError(f"{path}: cannot write a {what} at {self.sample_rate} Hz; {fmt} takes "
+                             f"{', '.join(map(str, rates))} Hz")
+        try:
+            self._f = sf.SoundFile(path, mode="w", samplerate=self.sample_rate, channels=self.channels,
+                                   format=major, subtype=sub,
+                                   compression_level=min(0.95, max(0.0, 1.0 - float(quality))))
+        except _WRITE_ERRORS + (ValueError, TypeError) as e:
+            raise AudioError(f"{path}: cannot write a {what} ({e})") from e
+        self._what = what
+
+    def write(self, block) -> None:
+        block = np.asarray(block, dtype=np.float32)
+        if block.ndim != 2 or block.shape[0] != self.channels:
+            raise ValueError(f"{self.path}: a block must be shaped ({self.channels}, k), got {block.shape}")
+        if not block.shape[1]:
+            return
+        try:
+            self._f.write(np.ascontiguousarray(block.T))
+        except _WRITE_ERRORS as e:
+            raise AudioError(f"{self.path}: cannot write a {self._what} ({e})") from e
+        self.frames_written += block.shape[1]
+
+    def close(self) -> None:
+        if self._f.closed:
+            return
+        try:
+            self._f.close()  # the encoder flushes its last packets here
+        except _WRITE_ERRORS as e:
+            raise AudioError(f"{self.path}: cannot write a {self._what} ({e})") from e
+
+    def __enter__(self) -> "CopyWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            with contextlib.suppress(Exception):
+                self._f.close()
+
+
 def open_writer(path: str, sample_rate: int, channels: int, container: str, bit_depth: int,
                 frames: int) -> BlockWriter:
     """A :class:`BlockWriter` (use it as ``with open_writer(...) as w: w.write(block)``)."""

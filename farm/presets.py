@@ -13,6 +13,7 @@ A preset is data. Its tables map one-to-one onto :mod:`kernels.params` and
     [limiter]     ceiling_dbtp, lookahead_ms, release_ms, oversample, bypass
     [dither]      dither, noise_shaping, seed, bypass      (the bit depth is [output] bit_depth)
     [output]      format, bit_depth, sample_rate, naming   (omitted depth/rate: keep the input's)
+                  copies = ["ogg", "opus", "mp3"], copy_quality (0.1..1), bwf (bext chunk in WAV masters)
     [delivery]    tolerance_lu, max_true_peak_dbtp         (the target is [loudness] target_lufs)
 
 What an absent table means:
@@ -64,7 +65,8 @@ from kernels.params import (REVERB_TYPES, ChainParams, DitherParams, EQBand, EQP
 
 from . import naming
 from .errors import ConfigError, Problems, did_you_mean, display_path
-from .records import OUTPUT_FORMATS, DeliverySpec, OutputSpec
+from . import audio
+from .records import COPY_FORMATS, OUTPUT_FORMATS, DeliverySpec, OutputSpec
 
 
 
@@ -94,14 +96,15 @@ _TABLES: dict[str, dict[str, str]] = {
     "limiter": {"ceiling_dbtp": "float", "lookahead_ms": "float", "release_ms": "float", "oversample": "int",
                 "bypass": "bool"},
     "dither": {"dither": "bool", "noise_shaping": "str", "seed": "int", "bypass": "bool"},
-    "output": {"format": "str", "bit_depth": "int", "sample_rate": "int", "naming": "str"},
+    "output": {"format": "str", "bit_depth": "int", "sample_rate": "int", "naming": "str", "copies": "strs",
+               "copy_quality": "float", "bwf": "bool"},
     "delivery": {"tolerance_lu": "float", "max_true_peak_dbtp": "float"},
 }
 _BAND = {"kind": "str", "freq_hz": "float", "gain_db": "float", "q": "float", "slope_db_per_oct": "float"}
 _HINTS = {("dither", "bit_depth"): "set the bit depth with [output] bit_depth",
           ("delivery", "target_lufs"): "the delivery target is [loudness] target_lufs"}
 _TYPE_WORDS = {"str": "text", "float": "a number", "int": "an integer", "bool": "true or false",
-               "bands": "an array of band tables"}
+               "bands": "an array of band tables", "strs": "an array of text"}
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,8 @@ def _type_ok(kind: str, v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     if kind == "bands":
         return isinstance(v, list)
+    if kind == "strs":
+        return isinstance(v, list) and all(isinstance(e, str) for e in v)
     raise AssertionError(kind)
 
 
@@ -416,7 +421,21 @@ def _build(data: Mapping[str, Any], *, where: str, path: str | None, default_nam
         naming.check_pattern(pattern)
     except ValueError as e:
         problems.add(f"{where} [output] naming: {e}")
-    output = OutputSpec(format=fmt, bit_depth=bd, sample_rate=sr, naming=pattern)
+    copies = tuple(out.get("copies", ()))
+    for c in copies:
+        if c not in COPY_FORMATS:
+            problems.add(f"{where} [output] copies: {c!r} is not a delivery copy format; allowed: "
+                         f"{', '.join(COPY_FORMATS)}{did_you_mean(c, COPY_FORMATS)}")
+        elif (missing := audio.copy_encoder_missing(c)) is not None:  # asked of this libsndfile, up front
+            problems.add(f"{where} [output] copies: {c!r} cannot be written: {missing}; remove it from copies")
+    if len(set(copies)) != len(copies):
+        problems.add(f"{where} [output] copies: each format once, got {list(copies)}")
+    quality = out.get("copy_quality", OutputSpec.copy_quality)
+    if not 0.1 <= quality <= 1.0:
+        problems.add(f"{where} [output] copy_quality: must be between 0.1 (smallest files) and 1.0 (best), "
+                     f"got {quality!r}")
+    output = OutputSpec(format=fmt, bit_depth=bd, sample_rate=sr, naming=pattern, copies=copies,
+                        copy_quality=float(quality), bwf=bool(out.get("bwf", False)))
 
     if d_tol is not None and not 0.01 <= d_tol <= 10.0:
         problems.add(f"{where} [delivery] tolerance_lu: must be between 0.01 and 10 LU, got {d_tol!r}")

@@ -19,6 +19,8 @@ TAG_FIELDS = (
 )
 
 OUTPUT_FORMATS = ("flac", "wav", "aiff")
+# Lossy delivery copies written beside the master (see farm.delivery): Ogg Vorbis, Ogg Opus, MP3.
+COPY_FORMATS = ("ogg", "opus", "mp3")
 STATUS_OK, STATUS_FAILED = "ok", "failed"
 
 
@@ -27,12 +29,23 @@ class OutputSpec:
     """How masters are written: container, bit depth and rate (``None`` = keep
     the input's), and the file-name pattern (``str.format`` fields from
     :data:`TAG_FIELDS` plus ``row`` and ``stem``; sanitised so it can never
-    leave the output folder)."""
+    leave the output folder).
+
+    ``copies``: lossy delivery copies (names from :data:`COPY_FORMATS`)
+    written beside the master with its stem, tags and loudness tags, each
+    re-decoded and true-peak checked (:mod:`farm.delivery`);
+    ``copy_quality`` 0.1 (smallest) .. 1.0 (best), libsndfile's VBR
+    quality / bitrate knob (``compression_level = 1 - quality``).
+    ``bwf``: a WAV (or RF64) master carries an EBU Tech 3285 v2 ``bext``
+    chunk with its measured loudness (ignored for FLAC/AIFF masters)."""
 
     format: str = "flac"
     bit_depth: int | None = None
     sample_rate: int | None = None
     naming: str = "{track_number:02d} - {artist} - {title}"
+    copies: tuple[str, ...] = ()
+    copy_quality: float = 0.5
+    bwf: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,10 @@ class TrackResult:
     # folder, or its per-preset subfolder), None when there is none (the input could not be
     # decoded). Only the path travels, never the series.
     plot_data: str | None = None
+    # One dict per lossy delivery copy (farm.delivery.CopyResult.to_dict): format, path,
+    # status, reason, sample_rate, true_peak_dbtp / integrated_lufs of the re-decoded
+    # copy, attempts, ceiling_dbtp (the lowered limiter ceiling, None if not re-limited).
+    copies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

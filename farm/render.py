@@ -25,7 +25,7 @@ from kernels import loudness as meter
 from kernels.chain import UnmeasurableError, master
 from kernels.params import REVERB_TYPES
 
-from . import audio, budget, plots, tags
+from . import audio, budget, delivery, plots, tags
 from .journal import file_hash
 from .progress import track_progress
 from .records import STATUS_FAILED, STATUS_OK, RenderTask, TrackResult
@@ -193,6 +193,7 @@ def _publish(task: RenderTask, tmp: str, res, before: dict, after: dict, checks:
              name: str, timings: dict, t_start: float, t: float) -> TrackResult:
     """Tags read back, the verdict, and the rename of a master that passed (inside atomic_output)."""
     src, final = task.track.source, task.out_path
+    delivery.add_bwf(task, tmp, after, checks, problems)  # [output] bwf: the bext chunk, read back
     read_back = tags.read_tags(tmp)
     missing = [k for k, v in task.track.tags.items() if v and read_back.get(k) != v]
     checks["tags"] = not missing
@@ -210,10 +211,11 @@ def _publish(task: RenderTask, tmp: str, res, before: dict, after: dict, checks:
     output_hash = file_hash(tmp)  # the bytes the rename publishes (the worker has them in cache)
     audio.commit(tmp, final)
     timings["total"] = round(time.perf_counter() - t_start, 4)
-    return TrackResult(row=task.track.row, source=src, status=STATUS_OK, output=final, preset=task.preset,
-                       output_hash=output_hash,
-                       timings=timings, worker=worker_name(),
-                       **result_kw)
+    result = TrackResult(row=task.track.row, source=src, status=STATUS_OK, output=final, preset=task.preset,
+                         output_hash=output_hash,
+                         timings=timings, worker=worker_name(),
+                         **result_kw)
+    return delivery.make_copies(task, result, timings)  # [output] copies, each re-decoded and checked
 
 
 def _render_streamed(task: RenderTask, reader, budget_mb: int, timings: dict, t_start: float) -> TrackResult:

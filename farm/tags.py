@@ -44,6 +44,11 @@ Loudness (where the container has a place for it):
   file must not carry REPLAYGAIN_* tags, and no other container uses R128_*.
 * Everywhere: the farm's own measurements, ``FARM_INTEGRATED_LUFS``,
   ``FARM_TRUE_PEAK_DBTP`` and ``FARM_LOUDNESS_RANGE_LU`` (plain numbers).
+* Broadcast WAV (WAV and RF64): :func:`write_bext` puts an EBU Tech 3285 v2
+  ``bext`` chunk in front of the data chunk (LoudnessValue, LoudnessRange,
+  MaxTruePeakLevel, MaxMomentaryLoudness, MaxShortTermLoudness as int16 in
+  1/100 units, 0x7FFF when not measured); :func:`read_bext` reads it. Note
+  that libavformat shows the bext text fields and then ignores the ID3 chunk.
 """
 from __future__ import annotations
 
@@ -534,4 +539,157 @@ def read_loudness(path: str) -> dict[str, str]:
         for fr in f.tags.getall("TXXX"):
             if fr.desc.upper() in _LOUDNESS_NAMES and fr.text:
                 out[fr.desc.upper()] = str(fr.text[0])
+    return out
+
+
+# ---------------------------------------------------------------- BWF bext (EBU Tech 3285 v2)
+
+BEXT_VERSION = 2
+BEXT_FIXED_SIZE = 602  # bytes before CodingHistory
+BEXT_UNKNOWN = 0x7FFF  # a loudness field that was not measured
+# loudness key (farm.render's measurements) -> bext field, each an int16 in 1/100 LU/LUFS/dB
+BEXT_LOUDNESS = (("integrated_lufs", "loudness_value"), ("loudness_range_lu", "loudness_range"),
+                 ("true_peak_dbtp", "max_true_peak_level"), ("max_momentary_lufs", "max_momentary_loudness"),
+                 ("max_short_term_lufs", "max_short_term_loudness"))
+# Description, Originator, OriginatorReference, OriginationDate, OriginationTime, TimeReference
+# (low, high), Version, UMID, the five loudness fields, Reserved: 602 bytes, little-endian.
+_BEXT = struct.Struct("<256s32s32s10s8sIIH64s5h180s")
+assert _BEXT.size == BEXT_FIXED_SIZE
+
+
+def _ascii(text: str, size: int) -> bytes:
+    """``text`` as the ASCII bext text fields hold (accents folded, the rest dropped), NUL-padded."""
+    import unicodedata
+
+    raw = unicodedata.normalize("NFKD", text or "").encode("ascii", "ignore")
+    return raw[:size].strip(b" ")
+
+
+def _centi(v) -> int:
+    if v is None:
+        return BEXT_UNKNOWN
+    v = float(v)
+    if not math.isfinite(v):
+        return BEXT_UNKNOWN
+    return max(-32768, min(32766, round(v * 100.0)))  # 32767 means "unknown"
+
+
+def bext_payload(loudness: dict, *, description: str = "", originator: str = "", originator_reference: str = "",
+                 date: str = "", time: str = "", coding_history: str = "") -> bytes:
+    """A version 2 ``bext`` chunk body: the text fields (ASCII, NUL-padded),
+    TimeReference 0, UMID zeroed, the loudness fields from ``loudness`` (keys as
+    :data:`BEXT_LOUDNESS`; missing or None: 0x7FFF), Reserved zeroed, then the
+    CodingHistory (padded with a NUL to an even size)."""
+    fixed = _BEXT.pack(_ascii(description, 256), _ascii(originator, 32), _ascii(originator_reference, 32),
+                       _ascii(date, 10), _ascii(time, 8), 0, 0, BEXT_VERSION, b"",
+                       *(_centi(loudness.get(k)) for k, _ in BEXT_LOUDNESS), b"")
+    history = _ascii(coding_history, 1 << 16)
+    if len(history) & 1:
+        history += b"\0"
+    return fixed + history
+
+
+def _wave_chunks(path: str):
+    """(is RF64, top-level chunks, the ds64 chunk or None) of a WAV or RF64 file."""
+    if _is_rf64(path):
+        w = _RF64Wave(path)
+        return True, w.chunks, w._ds64
+    chunks = []
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(0)
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise mutagen.MutagenError("not a RIFF WAVE file")
+        end = min(size, struct.unpack("<I", head[4:8])[0] + 8)
+        pos = 12
+        while pos + 8 <= end:
+            fh.seek(pos)
+            cid, n = struct.unpack("<4sI", fh.read(8))
+            c = _Chunk(cid, pos, n)
+            chunks.append(c)
+            pos = c.end
+    return False, chunks, None
+
+
+def write_bext(path: str, loudness: dict, **fields) -> None:
+    """Put a version 2 ``bext`` chunk (see :func:`bext_payload` for ``fields``)
+    into the WAV or RF64 file ``path``, in front of its data chunk, where BWF
+    readers look for it first.
+
+    An existing bext chunk of the same size is overwritten in place; one of
+    another size is renamed ``JUNK`` and the new one inserted. Inserting moves
+    the audio up by the chunk's size in place (mutagen's ``insert_bytes``:
+    bounded memory, also for a multi-GB RF64 programme), then fixes the RIFF
+    size (RF64: ds64's riffSize). Raises :class:`TagError` naming the file."""
+    if os.path.splitext(path)[1].lower() not in (".wav", ".wave"):
+        raise TagError(f"{path}: a bext chunk goes into WAV (or RF64) files only")
+    payload = bext_payload(loudness, **fields)
+    chunk = struct.pack("<4sI", b"bext", len(payload)) + payload
+    try:
+        rf64, chunks, ds64 = _wave_chunks(path)
+        data = next((c for c in chunks if c.id == b"data"), None)
+        if data is None:
+            raise mutagen.MutagenError("no data chunk")
+        old = [c for c in chunks if c.id == b"bext"]
+        with open(path, "r+b") as fh:
+            if old and old[0].size == len(payload):
+                fh.seek(old[0].data_offset)
+                fh.write(payload)
+                for c in old[1:]:
+                    fh.seek(c.offset)
+                    fh.write(b"JUNK")
+                return
+            for c in old:
+                fh.seek(c.offset)
+                fh.write(b"JUNK")
+            from mutagen._util import insert_bytes
+
+            insert_bytes(fh, len(chunk), data.offset)
+            fh.seek(data.offset)
+            fh.write(chunk)
+            if rf64:
+                fh.seek(ds64.data_offset)
+                riff = struct.unpack("<Q", fh.read(8))[0]
+                fh.seek(ds64.data_offset)
+                fh.write(struct.pack("<Q", riff + len(chunk)))
+            else:
+                fh.seek(4)
+                riff = struct.unpack("<I", fh.read(4))[0] + len(chunk)
+                if riff > 0xFFFFFFFF:
+                    raise mutagen.MutagenError("the bext chunk would take the WAV past 4 GiB")
+                fh.seek(4)
+                fh.write(struct.pack("<I", riff))
+    except (mutagen.MutagenError, OSError, struct.error) as e:
+        raise TagError(f"{path}: cannot write the BWF bext chunk ({e})") from e
+
+
+def read_bext(path: str) -> dict | None:
+    """The ``bext`` chunk of a WAV/RF64 file as a dict (None if it has none):
+    the text fields, ``time_reference``, ``version``, ``umid`` (hex), the
+    loudness fields in LU/LUFS/dBTP (None for 0x7FFF) and ``coding_history``."""
+    try:
+        _, chunks, _ = _wave_chunks(path)
+        c = next((c for c in chunks if c.id == b"bext"), None)
+        if c is None:
+            return None
+        with open(path, "rb") as fh:
+            fh.seek(c.data_offset)
+            body = fh.read(c.size)
+    except (mutagen.MutagenError, OSError, struct.error) as e:
+        raise TagError(f"{path}: cannot read the bext chunk ({e})") from e
+    if len(body) < BEXT_FIXED_SIZE:
+        raise TagError(f"{path}: bext chunk of {len(body)} bytes, shorter than its {BEXT_FIXED_SIZE} fixed bytes")
+    f = _BEXT.unpack(body[:BEXT_FIXED_SIZE])
+
+    def text(b: bytes) -> str:
+        return b.split(b"\0", 1)[0].decode("ascii", "replace")
+
+    out = {"description": text(f[0]), "originator": text(f[1]), "originator_reference": text(f[2]),
+           "origination_date": text(f[3]), "origination_time": text(f[4]),
+           "time_reference": f[5] | (f[6] << 32), "version": f[7], "umid": f[8].hex()}
+    for (_, name), v in zip(BEXT_LOUDNESS, f[9:14]):
+        out[name] = None if v == BEXT_UNKNOWN or out["version"] < 2 else v / 100.0
+    out["coding_history"] = text(body[BEXT_FIXED_SIZE:])
     return out
