@@ -22,6 +22,9 @@ whitespace do not matter; aliases in brackets):
                    catalog's folder)
 ``target_lufs``    per-track loudness target [target, target_loudness,
                    loudness, lufs]
+``reference``      per-track reference master for matching (a path relative
+                   to the catalog's folder) [reference_file, ref]; turns the
+                   preset's ``[match]`` on for that track
 =================  ============================================================
 
 Values are normalised: ISRC to its 12-character upper-case form without
@@ -68,7 +71,7 @@ from .errors import ConfigError, Problems, did_you_mean, display_path
 from .records import TAG_FIELDS, TrackSpec
 
 SOURCE = "file"
-OVERRIDE_FIELDS = ("preset", "target_lufs")
+OVERRIDE_FIELDS = ("preset", "target_lufs", "reference")
 COLUMNS = (SOURCE,) + TAG_FIELDS + OVERRIDE_FIELDS
 ALIASES: dict[str, str] = {
     **{c: c for c in COLUMNS},
@@ -81,6 +84,7 @@ ALIASES: dict[str, str] = {
     "disk_number": "disc_number",
     "albumartist": "album_artist",
     "target": "target_lufs", "target_loudness": "target_lufs", "loudness": "target_lufs", "lufs": "target_lufs",
+    "reference_file": "reference", "ref": "reference",
 }
 ISRC_RE = re.compile(r"^([A-Z]{2})-?([A-Z0-9]{3})-?(\d{2})-?(\d{5})$")
 ISRC_HELP = "CC-XXX-YY-NNNNN: 2 letters, 3 letters/digits, 2 digits, 5 digits, dashes optional"
@@ -361,10 +365,11 @@ def _validate_row(row: _Row, base_dir: str, problems: Problems,
             target = parse_target(raw_t)
         except ValueError as e:
             problems.add(f"{row.where}, {row.field('target_lufs')}: {e}")
+    ref = str(vals.get("reference", "") or "").strip() or None
     if len(problems) != before:
         return None
     return TrackSpec(row=row.number, source=_source_path(src, base_dir), tags=tags, preset=preset,
-                     target_lufs=target)
+                     target_lufs=target, reference=None if ref is None else _source_path(ref, base_dir))
 
 
 def _source_path(cell: str, base_dir: str) -> str:

@@ -8,6 +8,11 @@ A preset is data. Its tables map one-to-one onto :mod:`kernels.params` and
     source = "where the numbers come from"
 
     [eq]          bands = [{kind = "high_pass", freq_hz = 28, slope_db_per_oct = 12}, ...], taps, bypass
+    [match]       reference, max_gain_db, smoothing_octaves, min_freq_hz, max_freq_hz, loudness, bypass
+    [multiband]   crossovers_hz = [120, 1000, 6000], detection, rms_ms, bypass,
+                  bands = [{threshold_db, ratio, knee_db, attack_ms, release_ms, makeup_db}, ...] (one per band)
+    [compressor]  threshold_db, ratio, knee_db, attack_ms, release_ms, makeup_db, detection, rms_ms, bypass
+    [saturation]  drive_db, mix, oversample, bypass
     [reverb]      ir, decay_s, predelay_ms, wet_db, dry_db, tail, fade_ms, seed, bypass
     [loudness]    target_lufs, tolerance_lu, max_gain_reduction_db, max_passes, bypass
     [limiter]     ceiling_dbtp, lookahead_ms, release_ms, oversample, bypass
@@ -18,7 +23,15 @@ A preset is data. Its tables map one-to-one onto :mod:`kernels.params` and
 
 What an absent table means:
 
-* ``[eq]`` and ``[reverb]`` (colour) are bypassed unless the preset has them.
+* ``[eq]``, ``[match]``, ``[multiband]``, ``[compressor]``, ``[saturation]``
+  and ``[reverb]`` (colour) are bypassed unless the preset has them (a table
+  that is present is on unless it says ``bypass = true``). Shared stages run
+  EQ -> match -> multiband -> compressor -> saturation -> reverb.
+* ``[match] reference`` (a reference master) resolves like the reverb's
+  ``ir`` path (against the preset's folder) but is only opened by the render:
+  a missing reference fails its tracks, not the job. With ``loudness = true``
+  (default) the track's loudness target becomes the reference's integrated
+  loudness, unless the catalog row sets ``target_lufs``.
 * ``[loudness]``, ``[limiter]`` and ``[dither]`` (delivery) are on with their
   defaults: every delivery preset limits, and dither is what turns the float
   chain into clean 16/24-bit PCM (without it the encoder would truncate).
@@ -60,8 +73,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from kernels.params import (REVERB_TYPES, ChainParams, DitherParams, EQBand, EQParams, LimiterParams,
-                            LoudnessParams, ReverbParams)
+from kernels.params import (REVERB_TYPES, ChainParams, CompressorBand, CompressorParams, DitherParams, EQBand,
+                            EQParams, LimiterParams, LoudnessParams, MatchParams, MultibandParams, ReverbParams,
+                            SaturationParams)
 
 from . import naming
 from .errors import ConfigError, Problems, did_you_mean, display_path
@@ -89,6 +103,14 @@ SAMPLE_RATE_RANGE = (8000, 384000)
 _TOP = {"name": "str", "description": "str", "source": "str"}
 _TABLES: dict[str, dict[str, str]] = {
     "eq": {"bands": "bands", "taps": "int", "bypass": "bool"},
+    "match": {"reference": "str", "max_gain_db": "float", "smoothing_octaves": "float", "min_freq_hz": "float",
+              "max_freq_hz": "float", "loudness": "bool", "bypass": "bool"},
+    "multiband": {"crossovers_hz": "floats", "bands": "bands", "detection": "str", "rms_ms": "float",
+                  "bypass": "bool"},
+    "compressor": {"threshold_db": "float", "ratio": "float", "knee_db": "float", "attack_ms": "float",
+                   "release_ms": "float", "makeup_db": "float", "detection": "str", "rms_ms": "float",
+                   "bypass": "bool"},
+    "saturation": {"drive_db": "float", "mix": "float", "oversample": "int", "bypass": "bool"},
     "reverb": {"ir": "str", "decay_s": "float", "predelay_ms": "float", "wet_db": "float", "dry_db": "float",
                "tail": "str", "fade_ms": "float", "seed": "int", "bypass": "bool"},
     "loudness": {"target_lufs": "float", "tolerance_lu": "float", "max_gain_reduction_db": "float",
@@ -101,10 +123,14 @@ _TABLES: dict[str, dict[str, str]] = {
     "delivery": {"tolerance_lu": "float", "max_true_peak_dbtp": "float"},
 }
 _BAND = {"kind": "str", "freq_hz": "float", "gain_db": "float", "q": "float", "slope_db_per_oct": "float"}
+_COMP_BAND = {"threshold_db": "float", "ratio": "float", "knee_db": "float", "attack_ms": "float",
+              "release_ms": "float", "makeup_db": "float"}
+_COLOUR = ("eq", "match", "multiband", "compressor", "saturation", "reverb")  # bypassed unless present
 _HINTS = {("dither", "bit_depth"): "set the bit depth with [output] bit_depth",
           ("delivery", "target_lufs"): "the delivery target is [loudness] target_lufs"}
 _TYPE_WORDS = {"str": "text", "float": "a number", "int": "an integer", "bool": "true or false",
-               "bands": "an array of band tables", "strs": "an array of text"}
+               "bands": "an array of band tables", "floats": "an array of numbers",
+               "strs": "an array of text"}
 
 
 @dataclass(frozen=True)
@@ -154,6 +180,9 @@ class Preset:
             ir = overrides.get("reverb", {}).get("ir")
             if isinstance(ir, str) and ir not in REVERB_TYPES and not os.path.isabs(ir):
                 merged["reverb"]["ir"] = os.path.join(base_dir, os.path.expanduser(ir))
+            ref = overrides.get("match", {}).get("reference")
+            if isinstance(ref, str) and ref and not os.path.isabs(os.path.expanduser(ref)):
+                merged["match"]["reference"] = os.path.join(base_dir, os.path.expanduser(ref))
         return _build(merged, where=f"{origin} (on preset {self.name!r} from {self.where})", path=self.path,
                       default_name=self.name, base_dir=os.path.dirname(self.path) if self.path else None)
 
@@ -172,7 +201,8 @@ class Preset:
             "target_lufs": d.target_lufs, "tolerance_lu": d.tolerance_lu,
             "max_true_peak_dbtp": d.max_true_peak_dbtp,
             "ceiling_dbtp": None if c.limiter.bypass else c.limiter.ceiling_dbtp,
-            "stages": [s for s in ("eq", "reverb", "loudness", "limiter", "dither")
+            "stages": [s for s in ("eq", "match", "multiband", "compressor", "saturation", "reverb", "loudness",
+                                   "limiter", "dither")
                        if not getattr(c, s).bypass],
             "format": o.format, "bit_depth": o.bit_depth, "sample_rate": o.sample_rate, "naming": o.naming,
             "path": self.path,
@@ -294,6 +324,8 @@ def _type_ok(kind: str, v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     if kind == "bands":
         return isinstance(v, list)
+    if kind == "floats":
+        return isinstance(v, list) and all(_type_ok("float", e) for e in v)
     if kind == "strs":
         return isinstance(v, list) and all(isinstance(e, str) for e in v)
     raise AssertionError(kind)
@@ -321,6 +353,13 @@ def _check_table(problems: Problems, where: str, table: str, value: Mapping[str,
                              "{kind = \"bell\", freq_hz = 300, gain_db = -1.5, q = 1.0}")
                 continue
             _check_keys(problems, where, f"eq.bands[{i}]", band, _BAND)
+    if table == "multiband" and isinstance(value.get("bands"), list):
+        for i, band in enumerate(value["bands"], start=1):
+            if not isinstance(band, Mapping):
+                problems.add(f"{where} [multiband] bands[{i}]: must be a table like "
+                             "{threshold_db = -24, ratio = 1.5, knee_db = 6, attack_ms = 20, release_ms = 200}")
+                continue
+            _check_keys(problems, where, f"multiband.bands[{i}]", band, _COMP_BAND)
 
 
 def _params(problems: Problems, label: str, cls, kwargs: dict) -> Any:
@@ -380,6 +419,46 @@ def _build(data: Mapping[str, Any], *, where: str, path: str | None, default_nam
         rv["ir"] = os.path.abspath(ir_path)
     rv_bypass = rv.pop("bypass", "reverb" not in data)
     rv_p = _params(problems, f"{where} [reverb]", ReverbParams, {"bypass": rv_bypass, **rv})
+
+    # Reference match and dynamics: bypassed unless present.
+    ma = t["match"]
+    ref = ma.get("reference")
+    if isinstance(ref, str) and ref:
+        ref_path = os.path.expanduser(ref)
+        if not os.path.isabs(ref_path) and base_dir is not None:
+            ref_path = os.path.join(base_dir, ref_path)
+        ma["reference"] = os.path.abspath(ref_path)  # opened by the render: a missing file fails its tracks
+    elif "reference" in ma:
+        problems.add(f"{where} [match] reference: must be a path to a reference audio file, got {ref!r}")
+        ma.pop("reference")
+    ma_bypass = ma.pop("bypass", "match" not in data)
+    if not ma_bypass and "reference" not in ma:
+        problems.add(f"{where} [match] reference: required (the reference master to match, e.g. "
+                     "reference = \"refs/album-master.wav\"), or set bypass = true")
+        ma_bypass = True
+    ma_p = _params(problems, f"{where} [match]", MatchParams, {"bypass": ma_bypass, **ma})
+
+    mb = t["multiband"]
+    mb_bands = None
+    if "bands" in mb:
+        mb_bands = []
+        for i, b in enumerate(mb.pop("bands"), start=1):
+            mb_bands.append(_params(problems, f"{where} [multiband] bands[{i}]", CompressorBand, dict(b)))
+    if mb_bands is not None and any(b is None for b in mb_bands):
+        mb_p = None
+    else:
+        mb_kw = {"bypass": mb.pop("bypass", "multiband" not in data), **mb}
+        if mb_bands is not None:
+            mb_kw["bands"] = tuple(mb_bands)
+        if "crossovers_hz" in mb_kw:
+            mb_kw["crossovers_hz"] = tuple(mb_kw["crossovers_hz"])
+        mb_p = _params(problems, f"{where} [multiband]", MultibandParams, mb_kw)
+    co = t["compressor"]
+    co_p = _params(problems, f"{where} [compressor]", CompressorParams,
+                   {"bypass": co.pop("bypass", "compressor" not in data), **co})
+    sa = t["saturation"]
+    sa_p = _params(problems, f"{where} [saturation]", SaturationParams,
+                   {"bypass": sa.pop("bypass", "saturation" not in data), **sa})
 
     # Delivery stages: on unless bypassed.
     lo, lim, dl = t["loudness"], t["limiter"], t["delivery"]
@@ -443,7 +522,8 @@ def _build(data: Mapping[str, Any], *, where: str, path: str | None, default_nam
         problems.add(f"{where} [delivery] max_true_peak_dbtp: must be between -30 and 0 dBTP, got {max_tp!r}")
     problems.raise_if_any()
 
-    chain = ChainParams(eq=eq_p, reverb=rv_p, loudness=lo_p, limiter=lim_p, dither=di_p)
+    chain = ChainParams(eq=eq_p, reverb=rv_p, loudness=lo_p, limiter=lim_p, dither=di_p, multiband=mb_p,
+                        compressor=co_p, saturation=sa_p, match=ma_p)
     target = None if lo_p.bypass else lo_p.target_lufs
     delivery = DeliverySpec(target_lufs=target, tolerance_lu=d_tol, max_true_peak_dbtp=max_tp)
     return Preset(name=name, description=data.get("description", ""), source=data.get("source", ""),

@@ -66,6 +66,7 @@ class TrackSpec:
     tags: dict[str, str] = field(default_factory=dict)  # keys from TAG_FIELDS, normalised
     preset: str | None = None  # per-track preset override
     target_lufs: float | None = None  # per-track loudness override
+    reference: str | None = None  # per-track reference master for matching (absolute path), see kernels.match
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,50 @@ def _load_ir(task: RenderTask, rate: int, channels: int):
     return h
 
 
+def _load_reference(task: RenderTask, chain, rate: int):
+    """The reference master for matching (:mod:`kernels.match`), decoded at the
+    track's rate and profiled (spectrum, integrated loudness); None when the
+    match is off. A relative path resolves like the reverb's IR (the job's
+    folders). Every problem with the file (missing, undecodable, silent) is an
+    AudioError naming both the track and the reference."""
+    m = chain.match
+    if m.bypass:
+        return None
+    src = task.track.source
+    path = m.reference
+    if not os.path.isabs(path):
+        for d in task.ir_search_dirs:
+            if os.path.exists(os.path.join(d, path)):
+                path = os.path.join(d, path)
+                break
+    try:
+        ref = audio.decode(path)
+    except audio.AudioError as e:
+        raise audio.AudioError(f"{src}: match reference {e}") from e
+    from kernels.match import profile
+
+    prof = profile(audio.resample(ref.audio, ref.sample_rate, rate), rate, path)
+    if prof.integrated_lufs is None:
+        raise audio.AudioError(f"{src}: match reference {path}: silent (nothing above the -70 LUFS absolute "
+                               "gate): nothing to match")
+    return prof
+
+
+def _matched(task: RenderTask, chain, reference):
+    """(task, chain) with the reference's loudness rule applied (kernels.match.matched_chain):
+    the loudness target, and with it the delivery check's target, becomes the reference's
+    integrated loudness, unless the catalog row sets its own target_lufs."""
+    if reference is None or task.track.target_lufs is not None:
+        return task, chain
+    from kernels.match import matched_chain
+
+    chain = matched_chain(chain, reference)
+    if chain.loudness.target_lufs != task.delivery.target_lufs and task.delivery.target_lufs is not None:
+        task = dataclasses.replace(task, delivery=dataclasses.replace(task.delivery,
+                                                                       target_lufs=chain.loudness.target_lufs))
+    return task, chain
+
+
 def render_track(task: RenderTask) -> TrackResult:
     """Master one track as ``task`` says; always returns a record."""
     timings: dict[str, float] = {}
@@ -156,9 +200,13 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
     name = backend.resolve(task.backend)
     chain = _track_chain(task, bit_depth)
     ir = _load_ir(task, rate, dec.channels)
+    reference = _load_reference(task, chain, rate)
+    task, chain = _matched(task, chain, reference)
+    run_chain = None if reference is None else (
+        lambda *a, **k: _run_chain(*a, **k, reference=reference))
     # One long track can need more device memory than the GPU has: it is mastered on
     # the CPU instead of failing (see master_with_fallback).
-    res, mastered, name = master_with_fallback(x, rate, chain, ir, name, timings=timings)
+    res, mastered, name = master_with_fallback(x, rate, chain, ir, name, run_chain=run_chain, timings=timings)
     t = time.perf_counter()
     timings.update({f"chain_{k}": round(v, 4) for k, v in res.stage_seconds.items()})
 
@@ -183,6 +231,9 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
 def _track_chain(task: RenderTask, bit_depth: int):
     """The task's chain with the output's bit depth and the row's own loudness target."""
     chain = dataclasses.replace(task.chain, dither=dataclasses.replace(task.chain.dither, bit_depth=bit_depth))
+    ref = getattr(task.track, "reference", None)  # the catalog row's own reference master
+    if ref:
+        chain = dataclasses.replace(chain, match=dataclasses.replace(chain.match, reference=ref, bypass=False))
     target = task.track.target_lufs
     if target is not None:
         chain = dataclasses.replace(chain, loudness=dataclasses.replace(chain.loudness, target_lufs=target))
@@ -237,6 +288,8 @@ def _render_streamed(task: RenderTask, reader, budget_mb: int, timings: dict, t_
     bit_depth = out_spec.bit_depth or reader.native_bit_depth
     chain = _track_chain(task, bit_depth)
     ir = _load_ir(task, rate, reader.channels)
+    reference = _load_reference(task, chain, rate)
+    task, chain = _matched(task, chain, reference)
     block = budget.block_frames(budget_mb, reader.channels, max(rate, reader.sample_rate))
     reader.block = block
     name = backend.resolve(task.backend)
@@ -254,7 +307,7 @@ def _render_streamed(task: RenderTask, reader, budget_mb: int, timings: dict, t_
             plot_in = plots.SideStream(reader.sample_rate, reader.channels)  # fed by the decode pass
             res, before_stats, _ = master_streamed(reader, rate, chain, ir, sink, block=block, spill_beside=final,
                                                    backend_name=name, progress=progress, timings=timings,
-                                                   plot_input=plot_in)
+                                                   reference=reference, plot_input=plot_in)
         except audio.AudioError as e:  # the writer's message names only the temporary file
             raise audio.AudioError(f"{src}: cannot write the master {final}: {e} (nothing was left there)") from e
         before = {k: _round(v) for k, v in before_stats.to_dict().items()}
@@ -289,13 +342,14 @@ def _plot_data(task: RenderTask, res, before, after, timings: dict) -> str | Non
 GPU_OOM_BACKEND = "cpu (gpu out of memory)"  # the result's backend when a GPU render fell back
 
 
-def _run_chain(x: np.ndarray, rate: int, chain, ir, name: str, timings: dict):
+def _run_chain(x: np.ndarray, rate: int, chain, ir, name: str, timings: dict, reference=None):
     """The chain on backend ``name``: (MasterResult, mastered audio on the host);
-    sets ``timings`` "upload" and "chain" (a fallback's run overwrites them)."""
+    sets ``timings`` "upload" and "chain" (a fallback's run overwrites them).
+    ``reference``: the match's ReferenceProfile (see _load_reference)."""
     t0 = time.perf_counter()
     dev = backend.to_device(x, name)
     t1 = time.perf_counter()
-    res = master(dev, rate, chain, ir=ir)
+    res = master(dev, rate, chain, ir=ir, reference=reference)
     mastered = backend.to_host(res.audio)
     timings.update(upload=round(t1 - t0, 4), chain=round(time.perf_counter() - t1, 4))
     return res, mastered

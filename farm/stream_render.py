@@ -5,8 +5,13 @@ hold, and more than it needs to. The same chain as :func:`kernels.chain.master`
 runs block by block (every stage a :class:`kernels.stream.Streamer` that
 equals its whole-signal function), in passes:
 
+0. **analysis pass** (only with reference matching on): the input is read,
+   resampled and its long-term spectrum measured
+   (:class:`kernels.match.SpectrumMeter`), from which the match filter is
+   designed before any sample can go through it;
 1. **decode pass**: the input is read in blocks, measured (the report's
-   "before" figures), resampled, EQ'd and reverberated; the result (the
+   "before" figures), resampled and run through the shared stages (EQ,
+   match, multiband, compressor, saturation, reverb); the result (the
    shared stages' output) is spilled to a raw float32 file beside the master
    and its integrated loudness measured (BS.1770-4 needs the whole programme
    before any gain can be chosen: this is the first of the two passes);
@@ -38,9 +43,11 @@ import numpy as np
 from kernels import backend
 from kernels.chain import MasterResult, ReductionTrace, check_ceiling, loudness_loop, needs_loop, working_limiter
 from kernels.dither import QuantizeStream
+from kernels.dynamics import CompressorStream, MultibandStream, SaturationStream
 from kernels.eq import EQStream
 from kernels.limiter_stream import CheckStream, LimiterStream
 from kernels.loudness import LoudnessMeter
+from kernels.match import MatchStream, SpectrumMeter, design_match
 from kernels.params import ChainParams
 from kernels.resample import ResampleStream
 from kernels.reverb import ReverbStream
@@ -109,8 +116,38 @@ class _Progress:
         self.expected = max(self.expected, self.done + 1.5)
 
 
+def _analysis_pass(reader, rate: int, channels: int, n_in: int, prog) -> tuple:
+    """0. The input's long-term spectrum at ``rate`` (for the reference match):
+    the same resampled samples the decode pass will see."""
+    resample = ResampleStream(reader.sample_rate, rate, channels, n_in) if reader.sample_rate != rate else None
+    meter = SpectrumMeter(rate, channels)
+    read = 0
+    for b in reader.blocks():
+        meter.push(resample.push(b) if resample else b)
+        read += b.shape[-1]
+        prog.at(read)
+    if resample:
+        meter.push(resample.finish())
+    prog.passed()
+    return meter.result()
+
+
+def shared_streams(chain: ChainParams, rate: int, channels: int, n: int, ir, match_taps=None) -> Pipeline:
+    """The shared stages as one :class:`kernels.stream.Pipeline`, in
+    :func:`kernels.chain.shared_stages`' order."""
+    stages = [EQStream(chain.eq, rate, channels, n)]
+    if not chain.match.bypass:
+        if match_taps is None:
+            raise ValueError("reference matching is on but no match filter was designed")
+        stages.append(MatchStream(match_taps, channels, n))
+    stages += [MultibandStream(chain.multiband, rate, channels, n), CompressorStream(chain.compressor, rate, channels, n),
+               SaturationStream(chain.saturation, rate, channels, n), ReverbStream(chain.reverb, rate, channels, n, ir)]
+    return Pipeline(stages)
+
+
 def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: int, spill_beside: str,
-                    backend_name: str = "cpu", progress=None, timings: dict | None = None, plot_input=None):
+                    backend_name: str = "cpu", progress=None, timings: dict | None = None, reference=None,
+                    plot_input=None):
     """Master ``reader`` (an :class:`farm.audio.BlockReader`) at ``rate`` Hz into ``sink``.
 
     ``sink()`` opens the output and returns a context manager with
@@ -118,6 +155,7 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
     twice (the final pass's trim rerun), each time from the start. Returns
     ``(MasterResult with audio=None, the input's LoudnessStats, frames written)``.
     Raises :class:`kernels.chain.UnmeasurableError` as :func:`~kernels.chain.master` does.
+    ``reference``: the :class:`kernels.match.ReferenceProfile` when ``chain.match`` is on.
     ``plot_input``: a :class:`farm.plots.SideStream` that sees the input's blocks in the
     decode pass and takes its short-term loudness series from the input meter (the report's plots).
     """
@@ -131,11 +169,19 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
 
     resample = ResampleStream(reader.sample_rate, rate, channels, n_in) if reader.sample_rate != rate else None
     n = -(-n_in * rate // reader.sample_rate) if resample else n_in  # ceil, as resample_poly
+    taps = None
+    if not chain.match.bypass:
+        if reference is None:
+            raise ValueError("reference matching is on but no reference was given")
+        t = time.perf_counter()
+        prog.expected += 1.0
+        taps = design_match(reference, _analysis_pass(reader, rate, channels, n_in, prog), chain.match, rate)
+        seconds["analysis_pass"] = time.perf_counter() - t
     with spill(spill_beside, channels, "pre") as pre_spill:
         # 1. decode pass: measure the input, run the shared stages, spill them, measure them
         t = time.perf_counter()
         meter_in = LoudnessMeter(reader.sample_rate, channels)
-        pre = Pipeline([EQStream(chain.eq, rate, channels, n), ReverbStream(chain.reverb, rate, channels, n, ir)])
+        pre = shared_streams(chain, rate, channels, n, ir, taps)
         meter_pre = LoudnessMeter(rate, channels, what="integrated") if measuring else None
         read = 0
 
@@ -258,4 +304,4 @@ def _final_pass(pre_spill, kept, sink, block, chain, work, rate, channels, ny, t
     return cs, tp_meter
 
 
-__all__ = ["Spill", "master_streamed", "spill"]
+__all__ = ["Spill", "master_streamed", "shared_streams", "spill"]

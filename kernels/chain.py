@@ -1,6 +1,9 @@
 """The mastering chain: stages from plain parameters, and the loudness-target loop.
 
-    EQ -> reverb -> static gain -> true-peak limiter -> dither/quantize
+    EQ -> reference match -> multiband compressor -> compressor -> saturation -> reverb
+       -> static gain -> true-peak limiter -> dither/quantize
+
+(the match and the dynamics are bypassed unless the parameters turn them on)
 
 A :class:`Stage` has ``prepare(sample_rate)``, ``__call__(x)`` and
 ``latency_samples`` (every stage here compensates its own latency, so it is
@@ -23,8 +26,9 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from . import backend, dither, eq, limiter, loudness, oversample, reverb
-from .params import ChainParams, DitherParams, EQParams, LimiterParams, ReverbParams
+from . import backend, dither, dynamics, eq, limiter, loudness, oversample, reverb
+from .params import (ChainParams, CompressorParams, DitherParams, EQParams, LimiterParams, MultibandParams,
+                     ReverbParams, SaturationParams)
 
 
 class UnmeasurableError(ValueError):
@@ -80,6 +84,61 @@ class EQStage(Stage):
 
     def __call__(self, x):
         return eq.apply_eq(x, self.sample_rate, self.params)
+
+
+class MatchStage(Stage):
+    """Reference matching's linear-phase FIR (:mod:`kernels.match`), designed
+    from the track's own spectrum before the stage runs (``taps`` None: bypassed)."""
+
+    name = "match"
+
+    def __init__(self, taps=None):
+        self.taps = taps
+        self.bypass = taps is None
+
+    def __call__(self, x):
+        from . import match
+
+        return match.apply_match(x, self.taps)
+
+
+class MultibandStage(Stage):
+    name = "multiband"
+
+    def __init__(self, params: MultibandParams):
+        self.params = params
+        self.bypass = params.bypass
+        self.gain_reduction_db = None  # (bands, samples) of the last call
+
+    def __call__(self, x):
+        r = dynamics.compress_multiband(x, self.sample_rate, self.params)
+        self.gain_reduction_db = r.gain_reduction_db
+        return r.audio
+
+
+class CompressorStage(Stage):
+    name = "compressor"
+
+    def __init__(self, params: CompressorParams):
+        self.params = params
+        self.bypass = params.bypass
+        self.gain_reduction_db = None
+
+    def __call__(self, x):
+        r = dynamics.compress(x, self.sample_rate, self.params)
+        self.gain_reduction_db = r.gain_reduction_db
+        return r.audio
+
+
+class SaturationStage(Stage):
+    name = "saturation"
+
+    def __init__(self, params: SaturationParams):
+        self.params = params
+        self.bypass = params.bypass
+
+    def __call__(self, x):
+        return dynamics.saturate(x, self.sample_rate, self.params)
 
 
 class ReverbStage(Stage):
@@ -163,22 +222,48 @@ def _db(v: float) -> float:
     return 20.0 * math.log10(v) if v > 0 else -math.inf
 
 
-def shared_stages(params: ChainParams, ir=None) -> Chain:
-    """The stages that do not depend on the delivery target (EQ, reverb)."""
-    return Chain([EQStage(params.eq), ReverbStage(params.reverb, ir)])
+def shared_stages(params: ChainParams, ir=None, match_taps=None) -> Chain:
+    """The stages that do not depend on the delivery target:
+    EQ -> match -> multiband -> compressor -> saturation -> reverb.
+    ``match_taps``: the reference match's FIR for this track (:func:`match_fir`)."""
+    if not params.match.bypass and match_taps is None:
+        raise ValueError("reference matching is on but no match filter was designed: pass the reference "
+                         "(master(..., reference=...)) or match_taps")
+    return Chain([EQStage(params.eq), MatchStage(None if params.match.bypass else match_taps),
+                  MultibandStage(params.multiband), CompressorStage(params.compressor),
+                  SaturationStage(params.saturation), ReverbStage(params.reverb, ir)])
 
 
-def master(x, sample_rate: int, params: ChainParams, ir=None) -> MasterResult:
+def match_fir(x, sample_rate: int, params: ChainParams, reference):
+    """The reference match's FIR for the chain input ``x`` (None when matching
+    is bypassed); ``reference`` a :class:`kernels.match.ReferenceProfile`."""
+    if params.match.bypass:
+        return None
+    from . import match
+
+    if reference is None:
+        raise ValueError("reference matching is on but no reference was given")
+    return match.design_match(reference, match.long_term_spectrum(x, sample_rate), params.match, sample_rate)
+
+
+def master(x, sample_rate: int, params: ChainParams, ir=None, reference=None) -> MasterResult:
     """Master ``x`` (channels, samples; float32, NumPy or CuPy) with ``params``.
 
-    Raises :class:`UnmeasurableError` when a loudness target is set but the
-    programme has no integrated loudness (silence, fully gated out).
-    Everything bypassed returns ``x`` itself, bit for bit.
+    ``reference``: the :class:`kernels.match.ReferenceProfile` when
+    ``params.match`` is on (its loudness rule is applied by the caller,
+    :func:`kernels.match.matched_chain`). Raises :class:`UnmeasurableError`
+    when a loudness target is set but the programme has no integrated
+    loudness (silence, fully gated out). Everything bypassed returns ``x``
+    itself, bit for bit.
     """
     xp = backend.array_module(x)
-    pre = shared_stages(params, ir).prepare(sample_rate)
+    t0 = time.perf_counter()
+    taps = match_fir(x, sample_rate, params, reference)
+    pre = shared_stages(params, ir, taps).prepare(sample_rate)
     y = pre(x)
     seconds = dict(pre.seconds)
+    if taps is not None:
+        seconds["match_analysis"] = time.perf_counter() - t0 - sum(pre.seconds.values())
     result = _target_loop(xp, y, sample_rate, params, seconds)
     return dataclasses.replace(result, stage_seconds=seconds)
 
@@ -318,5 +403,6 @@ def _slope(history) -> float:
     return min(1.0, max(0.05, (l1 - l0) / (g1 - g0)))
 
 
-__all__ = ["Chain", "Stage", "EQStage", "ReverbStage", "MasterResult", "LoopOutcome", "UnmeasurableError",
+__all__ = ["Chain", "Stage", "EQStage", "MatchStage", "MultibandStage", "CompressorStage", "SaturationStage",
+           "ReverbStage", "match_fir", "MasterResult", "LoopOutcome", "UnmeasurableError",
            "ReductionTrace", "TRACE_HOP_S", "check_ceiling", "loudness_loop", "master", "needs_loop", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]

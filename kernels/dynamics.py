@@ -70,7 +70,7 @@ import numpy as np
 import scipy.signal
 
 from . import backend
-from .convolve import convolve_mimo, fftconvolve
+from .convolve import ConvolveStream, convolve_mimo, fftconvolve
 from .params import CompressorBand, CompressorParams, MultibandParams, SaturationParams
 from .scan import affine_max_scan, one_pole
 from .stream import Identity, Streamer
@@ -446,12 +446,67 @@ def _empty(xp, shape, dtype):
     return xp.zeros(shape, dtype=dtype)
 
 
+class _Regrid:
+    """Re-cuts consecutive (..., k) pieces into chunks of ``step`` samples on the
+    grid the whole-signal function uses (counted from the signal's start)."""
+
+    def __init__(self, step: int):
+        self.step, self._parts, self.size = step, [], 0
+
+    def push(self, y):
+        if y is not None and y.shape[-1]:
+            self._parts.append(y)
+            self.size += y.shape[-1]
+
+    def chunks(self, final: bool = False):
+        """Every full chunk queued (and with ``final`` the shorter rest), in order."""
+        if not self._parts or (self.size < self.step and not final):
+            return []
+        xp = backend.array_module(self._parts[0])
+        seg = self._parts[0] if len(self._parts) == 1 else xp.concatenate(self._parts, axis=-1)
+        whole = self.size if final else self.size // self.step * self.step
+        out = [seg[..., s:min(s + self.step, whole)] for s in range(0, whole, self.step)]
+        rest = seg[..., whole:]
+        self._parts = [rest] if rest.shape[-1] else []
+        self.size = rest.shape[-1]
+        return out
+
+
+class _CrossoverStream:
+    """:func:`crossover_split` block by block, bit for bit on the host: every
+    channel is repeated once per band and convolved with its band's row by
+    :class:`kernels.convolve.ConvolveStream` (the whole-signal convolution's
+    overlap-save frames, FFT sizes and "same" crop). Returns (C, B, j) or None."""
+
+    def __init__(self, bank: np.ndarray, channels: int, total: int):
+        self.nb, self.channels = bank.shape[0], channels
+        m = bank.shape[-1]
+        # row c * B + b filters channel c with band b (the broadcast (C, 1, N) * (B, M) of crossover_split)
+        self._conv = ConvolveStream(np.tile(bank, (channels, 1)), channels * self.nb, total,
+                                    offset=(m - 1) // 2, length=total, cast=True)
+
+    def _bands(self, y):
+        return y.reshape(self.channels, self.nb, -1) if y.shape[-1] else None
+
+    def push(self, x):
+        xp = backend.array_module(x)
+        return self._bands(self._conv.push(xp.repeat(x, self.nb, axis=0)))
+
+    def finish(self):
+        return self._bands(self._conv.finish())
+
+
 class MultibandStream(Streamer):
     """:func:`compress_multiband` block by block for a (channels, total) signal.
 
-    Holds back the crossover's (taps - 1)/2 samples (its lookahead) until
-    the future samples they need arrive; the gain computers carry their
-    state. Bypassed params pass blocks through unchanged.
+    With ``total`` (the render always knows it) the crossover runs through
+    :class:`kernels.convolve.ConvolveStream` on the whole-signal convolution's
+    frames and the gain computer on its chunk grid (:data:`GAIN_CHUNK_CPU` /
+    :data:`GAIN_CHUNK_GPU` from the start), so the output equals
+    :func:`compress_multiband` bit for bit on the host; it holds back the
+    crossover's (taps - 1)/2 samples plus up to one FFT frame and one gain
+    chunk. Without ``total`` the crossover is recomputed over a sliding window
+    (equal within float32 rounding). Bypassed params pass blocks through.
     """
 
     def __init__(self, params: MultibandParams, sample_rate: float, channels: int, total: int | None = None):
@@ -461,9 +516,14 @@ class MultibandStream(Streamer):
             return
         self._inner = None
         xo = tuple(params.crossovers_hz)
-        reach = crossover_bank(xo, float(sample_rate)).shape[-1] // 2
-        self._split = _LocalStream(lambda b: crossover_split(b, sample_rate, xo), reach)
+        bank = crossover_bank(xo, float(sample_rate))
+        reach = bank.shape[-1] // 2
+        if total is not None and total > 0:
+            self._split = _CrossoverStream(bank, channels, total)
+        else:
+            self._split = _LocalStream(lambda b: crossover_split(b, sample_rate, xo), reach)
         self._gc = _GainComputer(params.bands, params.detection, params.rms_ms, sample_rate)
+        self._grid = None
         self._xp = self._dtype = None
         self.latency_samples = reach
 
@@ -472,28 +532,38 @@ class MultibandStream(Streamer):
             return self._inner.push(x)
         xp, x = _check_audio(x, "MultibandStream.push")
         self._xp, self._dtype = xp, x.dtype
-        return self._out(self._split.push(x) if x.shape[-1] else None)
+        if self._grid is None:
+            self._grid = _Regrid(_gain_chunk(xp))
+        if x.shape[-1]:
+            self._grid.push(self._split.push(x))
+        return self._out(self._grid.chunks())
 
     def finish(self):
         if self._inner is not None:
             return self._inner.finish()
-        return self._out(self._split.finish())
+        if self._grid is None:
+            self._grid = _Regrid(_gain_chunk(self._xp or np))
+        self._grid.push(self._split.finish())
+        return self._out(self._grid.chunks(final=True))
 
-    def _out(self, bands):
+    def _out(self, chunks):
         xp = self._xp or np
-        if bands is None:
+        if not chunks:
             return _empty(xp, (self.channels, 0), self._dtype or xp.float32)
-        return _apply_bands(self._gc, bands)[0]
+        outs = [_apply_bands(self._gc, b)[0] for b in chunks]
+        return outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=-1)
 
 
 class CompressorStream(Streamer):
-    """:func:`compress` block by block: causal, so every block comes straight
-    back (no latency); the gain computer carries its state."""
+    """:func:`compress` block by block, bit for bit: causal, but the gain
+    computer runs on the whole-signal function's chunk grid, so up to one
+    chunk (:data:`GAIN_CHUNK_CPU` samples on the host) is held back."""
 
     def __init__(self, params: CompressorParams, sample_rate: float, channels: int, total: int | None = None):
         self.channels = channels
         self._inner = Identity(channels) if params.bypass else None
         self._gc = _GainComputer((params.band,), params.detection, params.rms_ms, sample_rate)
+        self._grid = None
         self._xp = self._dtype = None
         self.latency_samples = 0
 
@@ -502,46 +572,78 @@ class CompressorStream(Streamer):
             return self._inner.push(x)
         xp, x = _check_audio(x, "CompressorStream.push")
         self._xp, self._dtype = xp, x.dtype
-        out = xp.empty_like(x)
-        step = _gain_chunk(xp)
-        for s in range(0, x.shape[-1], step):  # bounded float64 temporaries for big blocks
-            out[:, s:s + step] = _apply_bands(self._gc, x[:, None, s:s + step])[0]
-        return out
+        if self._grid is None:
+            self._grid = _Regrid(_gain_chunk(xp))
+        self._grid.push(x[:, None, :])
+        return self._out(self._grid.chunks())
 
     def finish(self):
         if self._inner is not None:
             return self._inner.finish()
+        if self._grid is None:
+            return _empty(np, (self.channels, 0), np.float32)
+        return self._out(self._grid.chunks(final=True))
+
+    def _out(self, chunks):
         xp = self._xp or np
-        return _empty(xp, (self.channels, 0), self._dtype or xp.float32)
+        if not chunks:
+            return _empty(xp, (self.channels, 0), self._dtype or xp.float32)
+        outs = [_apply_bands(self._gc, c)[0] for c in chunks]
+        return outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=-1)
 
 
 class SaturationStream(Streamer):
-    """:func:`saturate` block by block: holds back its reach (2 x
-    :data:`OS_HALF_TAPS` + 1 samples) until the samples it needs arrive.
-    Bypassed params pass blocks through unchanged."""
+    """:func:`saturate` block by block, bit for bit: the same chunks
+    (:data:`SAT_CHUNK_CPU` / :data:`SAT_CHUNK_GPU` from the start) with the
+    same :func:`_reach` samples of context on each side, each computed once
+    its right-hand context has arrived (up to a chunk plus the reach is held
+    back). Bypassed params pass blocks through unchanged."""
 
     def __init__(self, params: SaturationParams, sample_rate: float, channels: int, total: int | None = None):
         self.channels = channels
+        self.params = params
         self._inner = Identity(channels) if params.bypass else None
-        self._sat = _LocalStream(lambda b: _saturate_block(b, params), _reach(params))
+        self.reach = _reach(params)
+        self.buf = None  # input samples [start, end)
+        self.start = self.end = self.done = 0  # absolute indices; done: outputs emitted (a chunk edge)
         self._xp = self._dtype = None
-        self.latency_samples = _reach(params)
+        self.latency_samples = self.reach
 
     def push(self, x):
         if self._inner is not None:
             return self._inner.push(x)
         xp, x = _check_audio(x, "SaturationStream.push")
         self._xp, self._dtype = xp, x.dtype
-        return self._out(self._sat.push(x) if x.shape[-1] else None)
+        if x.shape[-1]:
+            self.buf = x if self.buf is None else xp.concatenate([self.buf, x], axis=-1)
+            self.end += x.shape[-1]
+        return self._emit(final=False)
 
     def finish(self):
         if self._inner is not None:
             return self._inner.finish()
-        return self._out(self._sat.finish())
+        return self._emit(final=True)
 
-    def _out(self, y):
+    def _emit(self, final: bool):
         xp = self._xp or np
-        return _empty(xp, (self.channels, 0), self._dtype or xp.float32) if y is None else y
+        outs = []
+        if self.buf is not None:
+            chunk, r = (SAT_CHUNK_CPU if xp is np else SAT_CHUNK_GPU), self.reach
+            while self.done < self.end:
+                s = self.done
+                e = min(self.end, s + chunk)
+                if not final and (e < s + chunk or self.end < e + r):
+                    break  # its right-hand context (or the chunk itself) has not arrived yet
+                lo, hi = max(0, s - r), min(self.end, e + r)  # as saturate() with n = end at the end
+                blk = self.buf[:, lo - self.start:hi - self.start]
+                outs.append(_saturate_block(blk, self.params)[:, s - lo:e - lo])
+                self.done = e
+            keep = max(self.start, self.done - r)
+            self.buf = self.buf[:, keep - self.start:]
+            self.start = keep
+        if not outs:
+            return _empty(xp, (self.channels, 0), self._dtype or xp.float32)
+        return outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=-1)
 
 
 __all__ = ["DynamicsResult", "crossover_bank", "crossover_split", "static_gain_reduction_db",

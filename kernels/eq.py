@@ -108,12 +108,23 @@ def max_error_db(taps: np.ndarray, params: EQParams, sample_rate: float,
 
 
 def _fir(params: EQParams, sample_rate: float, ntaps: int) -> np.ndarray:
-    """Frequency-sampled, Kaiser-windowed zero-phase FIR of ``ntaps`` (odd), float64."""
+    """Frequency-sampled, Tukey-windowed zero-phase FIR of ``ntaps`` (odd), float64."""
+    return fir_from_magnitude(lambda f: eq_response(params, f), sample_rate, ntaps)
+
+
+def fir_from_magnitude(magnitude, sample_rate: float, ntaps: int) -> np.ndarray:
+    """A symmetric (linear-phase, type I) FIR of ``ntaps`` (odd) taps, float64,
+    whose magnitude follows ``magnitude(freqs_hz) -> linear gain`` (a callable
+    evaluated on a grid from 0 Hz to Nyquist), by frequency sampling on a grid
+    :data:`GRID_FACTOR` times the length and a Tukey window (the EQ's design;
+    :mod:`kernels.match` designs its correction with it too)."""
+    if ntaps < 1 or ntaps % 2 == 0:
+        raise ValueError(f"ntaps must be a positive odd integer, got {ntaps!r}")
     n_grid = 1 << int(np.ceil(np.log2(GRID_FACTOR * ntaps)))
     freqs = np.arange(n_grid // 2 + 1) * (sample_rate / n_grid)
     # Zero phase: the inverse transform of a real, even spectrum is real and
     # even about sample 0; centre it and keep ntaps around the middle.
-    impulse = np.fft.irfft(eq_response(params, freqs), n_grid)
+    impulse = np.fft.irfft(np.asarray(magnitude(freqs), dtype=np.float64), n_grid)
     half = ntaps // 2
     h = np.concatenate([impulse[n_grid - half:], impulse[:half + 1]])
     h = h * scipy.signal.windows.tukey(ntaps, TAPER)

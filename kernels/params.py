@@ -181,28 +181,6 @@ class DitherParams:
                self.noise_shaping)
 
 
-@dataclass(frozen=True)
-class ChainParams:
-    """The whole chain, in processing order:
-    EQ -> reverb -> loudness gain -> true-peak limiter -> dither/quantize.
-    """
-
-    eq: EQParams = field(default_factory=lambda: EQParams(bypass=True))
-    reverb: ReverbParams = field(default_factory=lambda: ReverbParams(bypass=True))
-    loudness: LoudnessParams = field(default_factory=LoudnessParams)
-    limiter: LimiterParams = field(default_factory=LimiterParams)
-    dither: DitherParams = field(default_factory=DitherParams)
-
-    @classmethod
-    def bypassed(cls) -> "ChainParams":
-        """Every stage bypassed: the chain returns its input bit for bit."""
-        return cls(
-            eq=EQParams(bypass=True),
-            reverb=ReverbParams(bypass=True),
-            loudness=LoudnessParams(target_lufs=None, bypass=True),
-            limiter=LimiterParams(bypass=True),
-            dither=DitherParams(bypass=True),
-        )
 
 
 DETECTION_MODES = ("peak", "rms")
@@ -335,3 +313,79 @@ class SaturationParams:
             raise ValueError(f"saturation drive_db must be at most {most:g} dB with oversample = {self.oversample} "
                              f"(so aliasing stays under -90 dBFS), got {self.drive_db!r}; "
                              + ("; ".join(higher) or "lower the drive"))
+
+
+@dataclass(frozen=True)
+class MatchParams:
+    """Reference matching (:mod:`kernels.match`): a linear-phase EQ that moves
+    the track's long-term average spectrum toward a reference master's.
+
+    ``reference``: path of the reference file (resolved and decoded by the
+    render at the track's rate). The correction is the difference of the two
+    spectra smoothed over ``smoothing_octaves`` (fraction of an octave), its
+    level offset removed, limited to +/- ``max_gain_db`` and applied between
+    ``min_freq_hz`` and ``max_freq_hz`` (held flat outside). ``loudness``:
+    the loudness target becomes the reference's integrated loudness (a
+    catalog row's own ``target_lufs`` still wins); ``false`` keeps the
+    preset's target. The default is bypassed.
+    """
+
+    reference: str | None = None
+    max_gain_db: float = 6.0
+    smoothing_octaves: float = 1.0 / 3.0
+    min_freq_hz: float = 30.0
+    max_freq_hz: float = 16000.0
+    loudness: bool = True
+    bypass: bool = True
+
+    def __post_init__(self):
+        if self.reference is not None:
+            _check(isinstance(self.reference, str) and self.reference != "", "match reference",
+                   "a path to a reference audio file", self.reference)
+        if not self.bypass:
+            _check(self.reference is not None, "match reference",
+                   "a path to a reference audio file (required unless bypass = true)", self.reference)
+        _check(0.0 <= self.max_gain_db <= 24.0, "match max_gain_db", "between 0 and 24 dB", self.max_gain_db)
+        _check(0.01 <= self.smoothing_octaves <= 3.0, "match smoothing_octaves",
+               "between 0.01 and 3 octaves (1/3 is the usual)", self.smoothing_octaves)
+        _check(10.0 <= self.min_freq_hz <= 20_000.0, "match min_freq_hz", "between 10 and 20000 Hz",
+               self.min_freq_hz)
+        _check(self.min_freq_hz * 2.0 <= self.max_freq_hz <= 40_000.0, "match max_freq_hz",
+               "at least an octave above min_freq_hz and at most 40000 Hz", self.max_freq_hz)
+        _check(isinstance(self.loudness, bool), "match loudness", "true or false", self.loudness)
+
+
+@dataclass(frozen=True)
+class ChainParams:
+    """The whole chain, in processing order:
+    EQ -> reference match -> multiband compressor -> compressor -> saturation -> reverb
+    -> loudness gain -> true-peak limiter -> dither/quantize.
+
+    The dynamics and the match are bypassed by default, so a chain that does
+    not name them renders exactly as before they existed.
+    """
+
+    eq: EQParams = field(default_factory=lambda: EQParams(bypass=True))
+    reverb: ReverbParams = field(default_factory=lambda: ReverbParams(bypass=True))
+    loudness: LoudnessParams = field(default_factory=LoudnessParams)
+    limiter: LimiterParams = field(default_factory=LimiterParams)
+    dither: DitherParams = field(default_factory=DitherParams)
+    multiband: MultibandParams = field(default_factory=MultibandParams)
+    compressor: CompressorParams = field(default_factory=CompressorParams)
+    saturation: SaturationParams = field(default_factory=SaturationParams)
+    match: MatchParams = field(default_factory=MatchParams)
+
+    @classmethod
+    def bypassed(cls) -> "ChainParams":
+        """Every stage bypassed: the chain returns its input bit for bit."""
+        return cls(
+            eq=EQParams(bypass=True),
+            reverb=ReverbParams(bypass=True),
+            loudness=LoudnessParams(target_lufs=None, bypass=True),
+            limiter=LimiterParams(bypass=True),
+            dither=DitherParams(bypass=True),
+            multiband=MultibandParams(bypass=True),
+            compressor=CompressorParams(bypass=True),
+            saturation=SaturationParams(bypass=True),
+            match=MatchParams(bypass=True),
+        )

@@ -119,7 +119,7 @@ def test_unknown_keys_and_tables_name_file_table_key_and_allowed(tmp_path):
         bit_depth = 16
         [eq]
         bands = [{kind = "bell", freq_hz = 300, gain = -1}]
-        [compressor]
+        [compresser]
         ratio = 2
     """)
     with pytest.raises(ConfigError) as e:
@@ -132,7 +132,7 @@ def test_unknown_keys_and_tables_name_file_table_key_and_allowed(tmp_path):
     assert "[limiter]: unknown key 'celing_dbtp' (did you mean 'ceiling_dbtp'?)" in joined
     assert "[dither]: unknown key 'bit_depth'" in joined and "[output] bit_depth" in joined
     assert "[eq.bands[1]]: unknown key 'gain' (did you mean 'gain_db'?)" in joined
-    assert "unknown key or table 'compressor'" in joined and "unknown key or table 'colour'" in joined
+    assert "unknown key or table 'compresser' (did you mean 'compressor'?)" in joined and "unknown key or table 'colour'" in joined
 
 
 def test_wrong_types_and_values_name_file_and_field(tmp_path):
