@@ -67,7 +67,7 @@ BLOCK_BYTES = 1 << 20
 RACY_WINDOW_NS = 2_000_000_000
 # Bump when the render changes what it writes for the same settings (a DSP fix),
 # so that every journal entry made before it reads as "settings changed".
-SETTINGS_SALT = "farm-render-1"
+SETTINGS_SALT = "farm-render-2"  # 2: fields at their defaults left out (see _settings_dict)
 
 _COLUMNS = ("key, row, source, input_hash, settings_hash, settings, status, reason, result, output, "
             "output_size, output_hash, attempts, first_recorded, recorded")
@@ -119,6 +119,35 @@ def file_hash(path: str) -> str:
     return f"{HASH_ALGORITHM}:{h.hexdigest()}"
 
 
+def _settings_dict(obj: Any) -> Any:
+    """``dataclasses.asdict`` without the fields that hold their default: a field
+    added to a record later (a new stage, bypassed by default; a new output
+    option) leaves the hash of every task that does not use it unchanged, so an
+    upgrade re-renders no catalog."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if f.default is not dataclasses.MISSING and _same(v, f.default):
+                continue
+            if f.default_factory is not dataclasses.MISSING and _same(v, f.default_factory()):
+                continue
+            out[f.name] = _settings_dict(v)
+        return out
+    if isinstance(obj, dict):
+        return {k: _settings_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_settings_dict(v) for v in obj]
+    return obj
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:  # e.g. an array compared elementwise: not a default
+        return False
+
+
 def _canonical(obj: Any) -> Any:
     """Plain JSON values with one spelling per value: 1.0 and 1 hash alike (TOML
     ``-1`` vs ``-1.0``), tuples are lists, numpy scalars are Python numbers."""
@@ -144,7 +173,22 @@ def _ir_path(task: RenderTask) -> str | None:
     rv = task.chain.reverb
     if rv.bypass or rv.ir in REVERB_TYPES:
         return None
-    path = rv.ir
+    return _resolve(task, rv.ir)
+
+
+def _reference_path(task: RenderTask) -> str | None:
+    """The reference master the match will load (the row's own, else the preset's), or None."""
+    row = getattr(task.track, "reference", None)
+    m = getattr(task.chain, "match", None)
+    if row:
+        return _resolve(task, row)
+    if m is None or m.bypass or not m.reference:
+        return None
+    return _resolve(task, m.reference)
+
+
+def _resolve(task: RenderTask, path: str) -> str:
+    """A user file's path as farm.render resolves it (relative: the job's folders)."""
     if not os.path.isabs(path):
         for d in task.ir_search_dirs:
             if os.path.exists(os.path.join(d, path)):
@@ -162,7 +206,7 @@ def settings_json(task: RenderTask, ir_hash: Callable[[str], str] = file_hash) -
     catalog re-renders nothing) and the backend (CPU and GPU masters both meet
     the spec; switching hardware should not redo a catalog).
     """
-    d = dataclasses.asdict(task)
+    d = _settings_dict(task)
     d.pop("backend", None)
     d.pop("memory_budget_mb", None)  # how much memory a render may use changes how, not what, it renders
     d["track"].pop("row", None)
@@ -170,6 +214,9 @@ def settings_json(task: RenderTask, ir_hash: Callable[[str], str] = file_hash) -
     ir = _ir_path(task)
     if ir is not None:
         d["ir_content"] = ir_hash(ir) if os.path.isfile(ir) else f"missing:{ir}"
+    ref = _reference_path(task)
+    if ref is not None:  # a new reference at the same path is a new setting
+        d["reference_content"] = ir_hash(ref) if os.path.isfile(ref) else f"missing:{ref}"
     d["salt"] = SETTINGS_SALT
     return json.dumps(_canonical(d), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, TextIO
 
 from . import album, report
 from .catalog import RejectedRow
+from .delivery import copy_path
 from .job import Job
 from .journal import Journal, task_key
 from .records import STATUS_FAILED, RenderGroup, TrackResult
@@ -84,7 +85,10 @@ def remove_stray_partials(tasks) -> list[str]:
     removed = []
     by_folder: dict[str, list[re.Pattern]] = {}
     for t in tasks:
-        by_folder.setdefault(os.path.dirname(t.out_path) or ".", []).append(_partial_pattern(t.out_path))
+        folder = by_folder.setdefault(os.path.dirname(t.out_path) or ".", [])
+        folder.append(_partial_pattern(t.out_path))
+        for fmt in getattr(t.output, "copies", ()) or ():  # the lossy copies beside the master (farm.delivery)
+            folder.append(_partial_pattern(copy_path(t.out_path, fmt)))
     for folder, patterns in by_folder.items():
         try:
             names = [n for n in os.listdir(folder) if n.startswith(".") and ".partial" in n]

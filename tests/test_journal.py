@@ -165,6 +165,27 @@ def test_settings_hash_follows_impulse_response_content(tmp_path):
     assert settings_hash(t) != before
 
 
+def test_settings_hash_follows_the_match_reference_content(tmp_path):
+    (tmp_path / "ref.wav").write_bytes(b"RIFF one")
+    t = make_task(str(tmp_path), 0, ir_search_dirs=(str(tmp_path),))
+    t = dataclasses.replace(t, track=dataclasses.replace(t.track, reference="ref.wav"))
+    before = settings_hash(t)
+    (tmp_path / "ref.wav").write_bytes(b"RIFF two")  # same name, another reference master
+    assert settings_hash(t) != before
+
+
+def test_fields_at_their_defaults_stay_out_of_the_settings(folder):
+    """A field added later with a default (a new stage, bypassed; a new output option)
+    must not change the hash of tasks that do not use it: no catalog re-renders on upgrade."""
+    a = make_task(folder, 0)
+    doc = json.loads(jn.settings_json(a))
+    assert "copies" not in doc["output"] and "multiband" not in doc.get("chain", {})
+    bwf = dataclasses.replace(a, output=dataclasses.replace(a.output, bwf=True))
+    assert settings_hash(bwf) != settings_hash(a)
+    assert settings_hash(dataclasses.replace(bwf, output=dataclasses.replace(bwf.output, bwf=False))) == \
+        settings_hash(a)
+
+
 def test_task_key_is_input_and_output_not_row(folder):
     a = make_task(folder, 0)
     assert task_key(a) == task_key(dataclasses.replace(a, track=dataclasses.replace(a.track, row=7)))
