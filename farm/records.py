@@ -86,6 +86,28 @@ class RenderTask:
     memory_budget_mb: int | None = None
 
 
+@dataclass(frozen=True)
+class RenderGroup:
+    """One input mastered for several deliverables in one Dask task (``--preset a,b,c``):
+    the input is decoded and measured once, and the shared stages run once for every
+    member with the same shared settings; each member is then a RenderTask of its own
+    (its own target stages, output, journal entry and result)."""
+
+    tasks: tuple[RenderTask, ...]
+
+    @property
+    def track(self) -> TrackSpec:
+        return self.tasks[0].track
+
+    @property
+    def backend(self) -> str:
+        return self.tasks[0].backend
+
+    @property
+    def preset(self) -> str:
+        return ",".join(t.preset for t in self.tasks)
+
+
 @dataclass
 class TrackResult:
     """What comes back for one track: never an exception, always a record."""

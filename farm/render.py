@@ -28,7 +28,7 @@ from kernels.params import REVERB_TYPES
 from . import audio, budget, delivery, plots, tags
 from .journal import file_hash
 from .progress import track_progress
-from .records import STATUS_FAILED, STATUS_OK, RenderTask, TrackResult
+from .records import STATUS_FAILED, STATUS_OK, RenderGroup, RenderTask, TrackResult
 
 # Validation tolerances on the re-decoded output.
 TRUE_PEAK_SLACK_DB = 0.0  # the ceiling is a hard limit
@@ -138,8 +138,11 @@ def _matched(task: RenderTask, chain, reference):
     return task, chain
 
 
-def render_track(task: RenderTask) -> TrackResult:
-    """Master one track as ``task`` says; always returns a record."""
+def render_track(task: RenderTask | RenderGroup) -> TrackResult | list[TrackResult]:
+    """Master one track as ``task`` says; always returns a record (a list of
+    records, one per member, for a :class:`~farm.records.RenderGroup`)."""
+    if isinstance(task, RenderGroup):
+        return render_group(task)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     src = task.track.source
@@ -337,6 +340,11 @@ def _plot_data(task: RenderTask, res, before, after, timings: dict) -> str | Non
     rel = plots.write_track_data(task, res, before, after)
     timings["plots"] = round(time.perf_counter() - t, 4)
     return rel
+
+
+def render_group(group: RenderGroup) -> list[TrackResult]:
+    """Every deliverable of one input (``--preset a,b,c``), one record each."""
+    return [render_track(t) for t in group.tasks]
 
 
 GPU_OOM_BACKEND = "cpu (gpu out of memory)"  # the result's backend when a GPU render fell back
