@@ -1,6 +1,9 @@
-"""Realtime factor of each kernel and of the whole chain, per backend.
+"""Realtime factor of each kernel and of the whole chain, per backend, and how
+far each is from the memory-bandwidth floor.
 
-    .venv/bin/python bench/kernels.py [--seconds 240] [--rate 48000] [--repeat 3] [--backend cpu,gpu]
+    .venv/bin/python bench/kernels.py [--seconds 240] [--rate 48000] [--repeat 3] [--gpu-repeat N]
+                                      [--backend cpu|gpu|cpu,gpu] [--bandwidth-mib MiB]
+    .venv/bin/python bench/kernels.py --model [--seconds 240] [--passes 2]   # the bytes model only
 
 Material: a seeded music-like (farm.synth) 4-minute 48 kHz stereo float32
 track with the demo catalog's section dynamics (farm.demo.arrange: 8-bar
@@ -20,14 +23,30 @@ does around the chain are not timed). Stages, each timed alone:
   loudness loop to -14 LUFS, the 4x limiter and 16-bit dither (which also
   checks the quantized true peak at 4x/16x and measures the output).
 
-Realtime factor = audio seconds / wall seconds of the best of ``--repeat``
-timed runs (the median is printed too), after one untimed warm-up call that
-fills the design caches and, on the GPU, cuFFT plans and the memory pool.
-On the GPU the device is synchronised before and after each timed call.
+Timing: one untimed warm-up call (design caches; on the GPU also cuFFT
+plans, the memory pool and CuPy's compiled kernels), then ``--repeat``
+timed calls (``--gpu-repeat`` on the GPU); best and median are printed,
+realtime factor = audio seconds / best seconds. On the host a call is timed
+with ``perf_counter``; on the GPU with CUDA events recorded on the stream
+before and after it (device synchronised first), and the host's wall time
+around the same calls is printed next to it.
+
+Bandwidth floor: after the timings, one large copy measures the memory
+bandwidth (GPU: device-to-device ``cudaMemcpyAsync`` of 1 GiB; host: a
+256 MiB ``numpy.copyto``, one thread), counting bytes read plus bytes
+written. :func:`bytes_model` counts per stage the bytes the kernels as
+written move ("model": every op reads its inputs and writes its output once
+through memory) and the least a stage call could move ("ideal": input read
+once, output written once); each over the bandwidth is a floor time, and
+the table prints the fraction of it the median time reaches, and the
+chain's realtime factor. The model follows the device code path (the host
+runs sosfilt unchunked and caches much of it), so on the host the table
+shows that the code path runs, not a meaningful floor.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -57,21 +76,292 @@ CHAIN = ChainParams(eq=EQ, reverb=REVERB, loudness=LoudnessParams(target_lufs=-1
                     limiter=LIMITER, dither=DITHER)
 
 
+# --------------------------------------------------------------------------- bytes model
+#
+# Bytes each stage moves through device memory for a (channels, n) float32
+# track, counted op by op as the kernels are written today: every elementwise
+# op, copy, gather, reduction and FFT is charged one read of each input array
+# and one write of its output (nothing kept in cache between ops, one pass
+# through memory per cuFFT call; a filter's spectrum, a few MB at most, is
+# charged once). "ideal" is the least any implementation of the same stage
+# call could move: its input read once, its output written once. Either
+# total over the measured device bandwidth is a floor time; measured time
+# over it is the gap. Host<->device copies (design taps, the reverb IR,
+# scalars, the chain's gain trace) go over PCIe and are not counted.
+F32, F64, C64 = 4, 8, 8  # bytes per float32, float64, complex64 value
+
+
+def _conv(c: int, n: int, m: int, rows: int = 1) -> list[tuple[str, float]]:
+    """kernels.convolve.fftconvolve of (c, [1,] n) float32 with ``rows`` filters of ``m`` taps."""
+    from kernels import convolve
+
+    size = convolve.block_size(n, m)
+    if size is None:  # one FFT of the whole output
+        size = backend.FFT.next_fast_len(n + m - 1)
+        z = c * (size // 2 + 1) * C64
+        return [("rfft signal", c * n * F32 + z),
+                ("rfft filter", rows * (m * F32 + (size // 2 + 1) * C64)),
+                ("spectrum x filter", 2 * z if rows == 1 else z + rows * z),
+                ("irfft", rows * (z + c * size * F32))]
+    hop = size - m + 1
+    frames = -(-(n + m - 1) // hop)
+    e = c * frames * size * F32  # framed signal, float32
+    z = c * frames * (size // 2 + 1) * C64  # its spectra, complex64
+    return [("pad", c * n * F32 + c * (frames + 1) * hop * F32),
+            ("frame (concatenate)", 2 * e),
+            ("rfft frames", e + z),
+            ("rfft filter", rows * (m * F32 + (size // 2 + 1) * C64)),
+            ("spectrum x filter", 2 * z if rows == 1 else z + rows * z),
+            ("irfft", rows * (z + e)),
+            ("crop (reshape copy)", 2 * rows * c * frames * hop * F32)]
+
+
+def _prefix(name: str, terms) -> list[tuple[str, float]]:
+    return [(f"{name}: {t}", b) for t, b in terms]
+
+
+def _kweight(c: int, n: int, rate: int) -> list[tuple[str, float]]:
+    """loudness.weighted_power + cumulative sum, the device path (1 s chunks, 0.25 s warm-up each)."""
+    from kernels import loudness
+
+    chunk = int(round(loudness.K_WEIGHT_CHUNK_S * rate))
+    warm = int(math.ceil(loudness.K_WEIGHT_WARMUP_S * rate))
+    u, s64, m64 = c * n * F32, c * n * F64, n * F64
+    if n <= 2 * chunk:
+        framed = s64
+        terms = [("to float64", u + s64)]
+    else:
+        count = -(-n // chunk)
+        framed = c * count * (warm + chunk) * F64
+        terms = [("to float64", u + s64), ("padded (zeros, copy in)", c * (warm + count * chunk) * F64 + 2 * s64),
+                 ("frame index", count * (warm + chunk) * 8),
+                 ("frames (gather)", 2 * framed + c * count * (warm + chunk) * 8)]
+    terms += [("sosfilt (2 biquads, one pass)", 2 * framed)]
+    if n > 2 * chunk:
+        terms += [("drop warm-up (reshape copy)", 2 * s64)]
+    terms += [("channel power sum", m64 + c * 7 * m64), ("cumulative sum (+ concatenate)", 4 * m64)]
+    return terms
+
+
+def _true_peak(c: int, n: int, factor: int) -> list[tuple[str, float]]:
+    """oversample.true_peak: |x| max, then phases 1..factor-1 chunk by chunk, |.| and max."""
+    u = c * n * F32
+    p = factor - 1
+    return ([("sample peak |x| max", 3 * u)] + _prefix(f"{p}-phase interpolation", _conv(c, n, 2 * 32 + 1, p))
+            + [("|phases| max", 3 * p * u)])
+
+
+def _gain(n: int, rate: int, lookahead_ms: float) -> list[tuple[str, float]]:
+    """limiter.required_gain + gain_curve (float64 gains)."""
+    from kernels import scan
+
+    m32, m64 = n * F32, n * F64
+    w = max(1, int(round(lookahead_ms * rate / 1000.0))) + 1
+    fm_passes = int(math.floor(math.log2(w))) + (0 if w & (w - 1) == 0 else 1)
+    scan_passes = int(math.log2(scan.BLOCK))
+    return [("required gain (float64)", 2 * m32 + 7 * m64),
+            (f"hold: forward min ({fm_passes} passes)", 2 * m64 + 3 * fm_passes * m64),
+            ("ramp: two running-sum boxes", 16 * m64),
+            ("min with required, to dB", 7 * m64),
+            (f"release scan ({scan_passes} passes + fix-up)", 2 * m64 + 5 * scan_passes * m64 + 4 * m64),
+            ("back to linear, snap, min", 10 * m64 + 2 * n),
+            ("gain chunks into the curve", 2 * m64)]
+
+
+def _detect(c: int, n: int, factor: int) -> list[tuple[str, float]]:
+    """limiter.peak_envelope with curvature at ``factor`` (phases 1..factor-1 computed)."""
+    u = c * n * F32
+    p, f = factor - 1, factor
+    return (_prefix(f"{p}-phase interpolation", _conv(c, n, 65, p))
+            + [(f"curvature: points in time order ({f + 2} rows)", 2 * (p + 3) * u),
+               ("second difference, |.|, x kappa", 9 * f * u + 4 * f * u),
+               ("|points|, gate mask, add", 2 * f * u + 3.5 * f * u + 3 * f * u),
+               ("max over channels and points", f * u + 3 * n * F32)])
+
+
+def _check(c: int, n: int, factor: int, check: int, from_f64: bool) -> list[tuple[str, float]]:
+    """limiter._check: apply the gain, envelope at factor and 16x (no corrections counted)."""
+    u, m32, m64 = c * n * F32, n * F32, n * F64
+    p = (factor - 1) + (check - 1 if check != factor else 0)
+    return ([("gain to float64", m32 + m64)] if from_f64 else []) + [
+        ("gain to float32, x * gain", m64 + m32 + 2 * u + m32)] + _prefix(
+        f"check: {p}-phase interpolation", _conv(c, n, 65, p)) + [
+        ("check: |phases| max, |x| max", 2 * p * u + p * u + m32 + 3 * u + m32 + 5 * m32),
+        ("peak, reduction", 2 * m32)]
+
+
+def _limit_unchecked(c: int, n: int, rate: int, factor: int, lookahead_ms: float):
+    u, m32, m64 = c * n * F32, n * F32, n * F64
+    return (_detect(c, n, factor) + _gain(n, rate, lookahead_ms)
+            + [("gain to float32, x * gain, reduction", m64 + m32 + 2 * u + m32 + m32)])
+
+
+def _dither(c: int, n: int) -> list[tuple[str, float]]:
+    u = c * n * F32
+    return [("to float64, x scale", 3 * u + 4 * u), ("two uniform draws (float64)", 4 * u),
+            ("add, subtract draws", 12 * u), ("rint, clip, / scale", 12 * u), ("to float32 out", 3 * u)]
+
+
+def _loudness(c: int, n: int, rate: int, full: bool) -> list[tuple[str, float]]:
+    """loudness.measure (``full``) or integrated_loudness: K-weighting, power, windows (+ true peak 4x)."""
+    terms = _kweight(c, n, rate)
+    windows = n // max(1, rate // 10)
+    if full:  # M and S maxima on a 1 ms grid, LRA and gating on 100 ms blocks
+        terms += [("window energies (1 ms and 100 ms grids)", 2 * (n // max(1, rate // 1000)) * 5 * F64
+                   + 2 * windows * 5 * F64)]
+        terms += _prefix("true peak 4x", _true_peak(c, n, 4)) + [("sample peak", 3 * c * n * F32)]
+    else:
+        terms += [("block energies (100 ms grid)", windows * 5 * F64)]
+    return terms
+
+
+def bytes_model(seconds: float, rate: int, channels: int = 2, eq_taps: int = EQ_TAPS, ir_len: int | None = None,
+                factor: int = 4, passes: int = 2) -> dict[str, dict]:
+    """Per stage: ``{"terms": [(what, bytes)], "model": bytes, "ideal": bytes}`` (see the comment above).
+
+    Stages are the ones :func:`run` times (eq, reverb, oversample, limiter,
+    loudness, dither) and ``chain``: :func:`kernels.chain.master` with
+    ``passes`` loudness-loop passes (EQ, reverb, the input's integrated
+    loudness, per pass a gain, an unchecked limiter and its output's
+    integrated loudness, then the 4x/16x check, dither and the output's 4x
+    true peak). Limiter corrections (rare) are not counted.
+    """
+    c, n = channels, int(round(seconds * rate))
+    u = c * n * F32
+    ir_len = ir_len or int(math.ceil(REVERB_IR_S * rate))
+    la = LIMITER.lookahead_ms
+    st: dict[str, tuple[list, float]] = {}
+    st["eq"] = (_conv(c, n, eq_taps), 2 * u)
+    st["reverb"] = (_prefix("wet", _conv(c, n, ir_len)) + [("fade tail, add dry", 3 * u)], 2 * u)
+    st["oversample"] = (_prefix("4 phases", _conv(c, n, 65, factor))
+                        + [("interleave (swapaxes copy)", 2 * factor * u)], u + factor * u)
+    st["limiter"] = ([("drive x * g (bench)", 2 * u)] + _detect(c, n, factor) + _gain(n, rate, la)
+                     + _check(c, n, factor, 16, False), 2 * u + 2 * u + n * F32)
+    st["loudness"] = (_loudness(c, n, rate, True), u)
+    st["dither"] = (_dither(c, n), 2 * u)
+    integ = _loudness(c, n, rate, False)
+    chain = (_prefix("eq", st["eq"][0]) + _prefix("reverb", st["reverb"][0])
+             + _prefix("input loudness", integ))
+    for p in range(1, passes + 1):
+        chain += ([(f"pass {p}: gain", 2 * u)] + _prefix(f"pass {p}: limiter", _limit_unchecked(c, n, rate, factor, la))
+                  + _prefix(f"pass {p}: loudness", integ))
+    chain += (_prefix("limiter check", _check(c, n, factor, 16, True)) + _prefix("dither", st["dither"][0])
+              + _prefix("output true peak", _true_peak(c, n, 4)))
+    chain_ideal = 2 * u + 2 * u + u + passes * (2 * u + 2 * u + u) + 2 * u + 2 * u + u
+    st["chain"] = (chain, chain_ideal)
+    return {k: {"terms": t, "model": float(sum(b for _, b in t)), "ideal": float(i)} for k, (t, i) in st.items()}
+
+
 def timeit(fn, xp, repeat: int):
-    """(best seconds, median seconds, result of the best run) over ``repeat`` runs after a warm-up."""
-    fn()  # warm-up: designs, plans, allocator pools
-    best, times, best_out = None, [], None
+    """Time ``fn`` ``repeat`` times after one warm-up call.
+
+    Returns ``{"best", "median", "wall_median" (seconds), "out"}`` (``out``:
+    the result of the best run). On the host the times are ``perf_counter``
+    wall times. On the GPU they are CUDA event times on the current stream
+    (events recorded before and after the call, the device synchronised
+    before the first), so queued device work is counted and nothing of the
+    host's Python after the last launch; ``wall_median`` is the host's
+    ``perf_counter`` around the same calls (until the end event completes):
+    the two differ where the host, not the device, sets the pace.
+    """
+    fn()  # warm-up: designs, plans, allocator pools, compiled kernels
+    gpu = xp is not np
+    times, walls, best, best_out = [], [], None, None
     for _ in range(repeat):
         backend.synchronize(xp)
-        t0 = time.perf_counter()
-        out = fn()
-        backend.synchronize(xp)
-        t = time.perf_counter() - t0
+        if gpu:
+            start, end = xp.cuda.Event(), xp.cuda.Event()
+            t0 = time.perf_counter()
+            start.record()
+            out = fn()
+            end.record()
+            end.synchronize()
+            wall = time.perf_counter() - t0
+            t = xp.cuda.get_elapsed_time(start, end) / 1000.0
+        else:
+            t0 = time.perf_counter()
+            out = fn()
+            t = wall = time.perf_counter() - t0
         times.append(t)
+        walls.append(wall)
         if best is None or t < best:
             best, best_out = t, out
         del out
-    return best, statistics.median(times), best_out
+    return {"best": best, "median": statistics.median(times), "wall_median": statistics.median(walls),
+            "out": best_out}
+
+
+def measure_bandwidth(xp, mib: int, repeat: int = 10) -> tuple[float, str]:
+    """Memory bandwidth (bytes/s, bytes read + bytes written) of a large copy, and how it was measured.
+
+    GPU: a device-to-device ``cudaMemcpyAsync`` of ``mib`` MiB (timed with
+    CUDA events, median of ``repeat``). Host: ``numpy.copyto`` of ``mib`` MiB
+    (one thread, perf_counter, median). Inputs are non-zero.
+    """
+    n = mib * 2 ** 20 // 4
+    if xp is np:
+        a = np.arange(n, dtype=np.float32)
+        b = np.empty_like(a)
+        np.copyto(b, a)
+        ts = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            np.copyto(b, a)
+            ts.append(time.perf_counter() - t0)
+        del a, b
+        t = statistics.median(ts)
+        return 2 * n * 4 / t, f"numpy.copyto of {mib} MiB, one thread, read + write counted, median of {repeat}"
+    a = xp.arange(n, dtype=xp.float32)
+    b = xp.empty_like(a)
+    ts = []
+    for i in range(repeat + 1):
+        start, end = xp.cuda.Event(), xp.cuda.Event()
+        start.record()
+        b.data.copy_from_device_async(a.data, n * 4)
+        end.record()
+        end.synchronize()
+        if i:  # the first is a warm-up
+            ts.append(xp.cuda.get_elapsed_time(start, end) / 1000.0)
+    if not bool((b[-4:] == a[-4:]).all()):
+        raise RuntimeError("device copy check failed")
+    del a, b
+    xp.get_default_memory_pool().free_all_blocks()
+    t = statistics.median(ts)
+    return (2 * n * 4 / t, f"device-to-device cudaMemcpyAsync of {mib} MiB, read + write counted, "
+            f"CUDA events, median of {repeat}")
+
+
+def print_floor_table(name: str, rows, model: dict, bw: float, bw_how: str, seconds: float, passes: int) -> dict:
+    """Per stage: median time, model and ideal bytes, their floor times at ``bw`` and the fraction reached."""
+    tag = f"  {name:3s}"
+    timer = "CUDA events" if name == "gpu" else "perf_counter"
+    print(f"{tag}  bandwidth {bw / 1e9:.1f} GB/s ({bw_how})")
+    print(f"{tag}  floor = bytes / bandwidth; 'model' = bytes the kernels as written move (each op one pass "
+          f"through memory; the device code path), 'ideal' = each call reads its input once and writes its "
+          f"output once")
+    print(f"{tag}  {'stage (' + timer + ', median)':38s} {'time ms':>9s} {'model GB':>9s} {'floor ms':>9s} "
+          f"{'reached':>8s} {'ideal GB':>9s} {'floor ms':>9s} {'reached':>8s}")
+    out = {}
+    for key, label, t in rows:
+        m = model[key]
+        fm, fi = m["model"] / bw, m["ideal"] / bw
+        out[key] = {"seconds": t, "model_bytes": m["model"], "ideal_bytes": m["ideal"],
+                    "floor_model_s": fm, "floor_ideal_s": fi}
+        print(f"{tag}  {label[:38]:38s} {t * 1e3:9.2f} {m['model'] / 1e9:9.3f} {fm * 1e3:9.3f} "
+              f"{fm / t * 100:7.1f}% {m['ideal'] / 1e9:9.3f} {fi * 1e3:9.3f} {fi / t * 100:7.1f}%")
+    c = out["chain"]
+    rtf = seconds / c["seconds"]
+    line = (f"{tag}  chain ({passes} loudness pass{'es' if passes != 1 else ''}): {c['seconds'] * 1e3:.2f} ms median = {rtf:,.0f}x realtime; "
+            f"{c['floor_model_s'] / c['seconds'] * 100:.1f}% of the model floor "
+            f"({c['floor_model_s'] * 1e3:.2f} ms, {seconds / c['floor_model_s']:,.0f}x realtime), "
+            f"{c['floor_ideal_s'] / c['seconds'] * 100:.1f}% of the ideal floor "
+            f"({c['floor_ideal_s'] * 1e3:.2f} ms, {seconds / c['floor_ideal_s']:,.0f}x realtime)")
+    print(line)
+    if name == "gpu":
+        print(f"{tag}  issue 5 targets: >= 20,000x realtime per H100: {'MET' if rtf >= 20000 else 'NOT MET'} "
+              f"({rtf:,.0f}x); >= 25% of the bandwidth floor (model): "
+              f"{'MET' if c['floor_model_s'] / c['seconds'] >= 0.25 else 'NOT MET'}", flush=True)
+    return out
 
 
 def material(seconds: float, rate: int, flat: bool = False) -> np.ndarray:
@@ -80,7 +370,7 @@ def material(seconds: float, rate: int, flat: bool = False) -> np.ndarray:
     return (x if flat else arrange(x, rate, bpm)).astype(np.float32)
 
 
-def run(name: str, seconds: float, rate: int, repeat: int, flat: bool = False) -> dict:
+def run(name: str, seconds: float, rate: int, repeat: int, flat: bool = False, bw_mib: int = 0) -> dict:
     xp = backend.module_for(name)
     host = material(seconds, rate, flat)
     x = backend.to_device(host, name)
@@ -88,23 +378,31 @@ def run(name: str, seconds: float, rate: int, repeat: int, flat: bool = False) -
     ir = reverb.synthetic_ir(REVERB.ir, rate, decay_s=REVERB.decay_s, seed=REVERB.seed, channels=2)
     taps = eq.design_eq(EQ, rate).size
     stages = [
-        (f"eq ({taps} taps, linear phase)", lambda: eq.apply_eq(x, rate, EQ)),
-        (f"reverb (hall, {ir.shape[-1] / rate:.2f} s stereo IR)", lambda: reverb.apply_reverb(x, rate, REVERB)),
-        ("oversample 4x", lambda: oversample.upsample(x, 4)),
-        (f"limiter 4x true-peak (+{LIMITER_DRIVE_DB:.0f} dB)", lambda: limiter.limit(x * drive, rate, LIMITER)),
-        ("loudness measure (I,LRA,M,S,TP4x)", lambda: loudness.measure(x, rate)),
-        ("dither 16-bit TPDF", lambda: dither.quantize(x, DITHER)),
+        ("eq", f"eq ({taps} taps, linear phase)", lambda: eq.apply_eq(x, rate, EQ)),
+        ("reverb", f"reverb (hall, {ir.shape[-1] / rate:.2f} s stereo IR)", lambda: reverb.apply_reverb(x, rate, REVERB)),
+        ("oversample", "oversample 4x", lambda: oversample.upsample(x, 4)),
+        ("limiter", f"limiter 4x true-peak (+{LIMITER_DRIVE_DB:.0f} dB)", lambda: limiter.limit(x * drive, rate, LIMITER)),
+        ("loudness", "loudness measure (I,LRA,M,S,TP4x)", lambda: loudness.measure(x, rate)),
+        ("dither", "dither 16-bit TPDF", lambda: dither.quantize(x, DITHER)),
     ]
-    rows = []
-    for label, fn in stages:
-        best, med, _ = timeit(fn, xp, repeat)
-        rows.append((label, best))
-        print(f"  {name:3s}  {label:36s} {best * 1000:9.1f} ms (median {med * 1000:8.1f})  "
-              f"{seconds / best:8.1f}x realtime", flush=True)
-    best, med, res = timeit(lambda: master(x, rate, CHAIN), xp, repeat)
+    gpu = name == "gpu"
+
+    def show(label, r):
+        wall = f", wall median {r['wall_median'] * 1000:8.1f}" if gpu else ""
+        print(f"  {name:3s}  {label:36s} {r['best'] * 1000:9.1f} ms (median {r['median'] * 1000:8.1f}{wall})  "
+              f"{seconds / r['best']:8.1f}x realtime", flush=True)
+
+    rows, timed = [], []
+    for key, label, fn in stages:
+        r = timeit(fn, xp, repeat)
+        rows.append((label, r["best"]))
+        timed.append((key, label, r["median"]))
+        show(label, r)
+    r = timeit(lambda: master(x, rate, CHAIN), xp, repeat)
+    best, res = r["best"], r["out"]
     label = "WHOLE CHAIN master() -14 LUFS"
-    print(f"  {name:3s}  {label:36s} {best * 1000:9.1f} ms (median {med * 1000:8.1f})  "
-          f"{seconds / best:8.1f}x realtime", flush=True)
+    show(label, r)
+    timed.append(("chain", f"WHOLE CHAIN master() ({res.passes} pass{'es' if res.passes != 1 else ''})", r["median"]))
     top = max(rows, key=lambda r: r[1])
     print(f"  {name:3s}  slowest single stage: {top[0]} ({top[1] / sum(r[1] for r in rows) * 100:.0f}% of "
           f"the stages' summed time)")
@@ -119,7 +417,34 @@ def run(name: str, seconds: float, rate: int, repeat: int, flat: bool = False) -
     print(f"  {name:3s}  chain dominated by: {parts[0][0]} ({parts[0][1] / best * 100:.0f}% of the chain's wall "
           f"time); whole chain {seconds / best:.1f}x realtime "
           f"({'above' if seconds / best > 20 else 'BELOW'} the 20x target)", flush=True)
-    return {"stages": rows, "chain": best, "chain_stage_seconds": st}
+    del x, host
+    bw, how = measure_bandwidth(xp, bw_mib or (1024 if gpu else 256))
+    model = bytes_model(seconds, rate, channels=2, eq_taps=taps, ir_len=ir.shape[-1], factor=LIMITER.oversample,
+                        passes=res.passes)
+    floor = print_floor_table(name, timed, model, bw, how, seconds, res.passes)
+    return {"stages": rows, "chain": best, "chain_stage_seconds": st, "bandwidth": bw, "floor": floor,
+            "passes": res.passes}
+
+
+def print_model(seconds: float, rate: int, passes: int) -> None:
+    """The bytes model, term by term (``--model``): what RESULTS.md quotes."""
+    model = bytes_model(seconds, rate, passes=passes)
+    u = 2 * int(round(seconds * rate)) * F32
+    print(f"# bytes model: {seconds:.0f} s of {rate} Hz stereo float32 (one copy of the track = {u / 1e6:.1f} MB), "
+          f"{passes} loudness passes in the chain")
+    for key, m in model.items():
+        print(f"\n{key}: model {m['model'] / 1e9:.3f} GB ({m['model'] / u:.1f} track copies), "
+              f"ideal {m['ideal'] / 1e9:.3f} GB ({m['ideal'] / u:.1f})")
+        if key == "chain":
+            groups: dict[str, float] = {}
+            for t, b in m["terms"]:
+                g = t.split(":")[0]
+                groups[g] = groups.get(g, 0.0) + b
+            for g, b in groups.items():
+                print(f"    {g:52s} {b / 1e6:10.1f} MB")
+        else:
+            for t, b in m["terms"]:
+                print(f"    {t:52s} {b / 1e6:10.1f} MB")
 
 
 def main(argv=None) -> int:
@@ -128,12 +453,22 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=int, default=48000, help="sample rate in Hz (default 48000)")
     ap.add_argument("--repeat", "--repeats", dest="repeat", type=int, default=3,
                     help="timed runs per stage after one warm-up; the best counts (default 3)")
+    ap.add_argument("--gpu-repeat", type=int, default=None,
+                    help="timed runs per stage on the GPU (CUDA events, median; default: --repeat)")
     ap.add_argument("--flat", action="store_true", help="the plain synth loop, without section dynamics")
+    ap.add_argument("--bandwidth-mib", type=int, default=0,
+                    help="size of the bandwidth copy (default: 1024 MiB on the GPU, 256 MiB on the host)")
+    ap.add_argument("--model", action="store_true",
+                    help="print the bytes model term by term (for --seconds/--rate, --passes) and exit")
+    ap.add_argument("--passes", type=int, default=2, help="loudness passes for --model (default 2)")
     ap.add_argument("--backend", default="cpu,gpu" if backend.gpu_available() else "cpu",
                     help="comma-separated backends: cpu, gpu, auto (default: cpu, plus gpu when CuPy sees one)")
     args = ap.parse_args(argv)
-    if args.repeat < 1:
-        ap.error("--repeat must be at least 1")
+    if args.repeat < 1 or (args.gpu_repeat is not None and args.gpu_repeat < 1):
+        ap.error("--repeat and --gpu-repeat must be at least 1")
+    if args.model:
+        print_model(args.seconds, args.rate, args.passes)
+        return 0
     try:
         names = [backend.resolve(b.strip()) for b in args.backend.split(",") if b.strip()]
     except (RuntimeError, ValueError) as e:
@@ -160,10 +495,12 @@ def main(argv=None) -> int:
     m = loudness.measure(material(args.seconds, args.rate, args.flat), args.rate)
     print(f"# material: {'flat loop' if args.flat else 'arranged'}, {m.integrated_lufs:.1f} LUFS, "
           f"LRA {m.loudness_range_lu:.1f} LU, {m.true_peak_dbtp:.1f} dBTP")
-    print(f"# {args.seconds:.0f} s of {args.rate} Hz stereo float32; best of {args.repeat} after a warm-up; "
-          f"RTF = audio seconds / wall seconds")
+    gpu_repeat = args.gpu_repeat or args.repeat
+    print(f"# {args.seconds:.0f} s of {args.rate} Hz stereo float32; best (and median) of {args.repeat} "
+          f"(GPU: {gpu_repeat}, CUDA events) after a warm-up; RTF = audio seconds / seconds")
     for name in dict.fromkeys(names):
-        run(name, args.seconds, args.rate, args.repeat, args.flat)
+        run(name, args.seconds, args.rate, gpu_repeat if name == "gpu" else args.repeat, args.flat,
+            args.bandwidth_mib)
     return 0
 
 

@@ -1,0 +1,66 @@
+"""bench/kernels.py on the CPU backend (a few seconds of audio) and bench/gpu_run.sh's syntax.
+
+The GPU half of the benchmark (CUDA events, the device-copy bandwidth) runs
+only where CuPy sees a GPU; these tests keep its shared code path (timing,
+bytes model, floor table) working where none is.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_kernels", os.path.join(REPO, "bench", "kernels.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bytes_model_counts_every_stage(bench):
+    seconds, rate = 240.0, 48000
+    track = 2 * int(seconds * rate) * 4  # one float32 stereo copy
+    m = bench.bytes_model(seconds, rate, passes=2)
+    assert set(m) == {"eq", "reverb", "oversample", "limiter", "loudness", "dither", "chain"}
+    for key, v in m.items():
+        assert v["model"] >= v["ideal"] > 0, key
+        assert sum(b for _, b in v["terms"]) == pytest.approx(v["model"])
+    assert m["eq"]["ideal"] == 2 * track and m["loudness"]["ideal"] == track
+    assert m["oversample"]["ideal"] == 5 * track  # read x, write 4x
+    # the overlap-save EQ moves the track a dozen times or so (pad, frame, 2 FFTs, multiply, crop)
+    assert 6 * track < m["eq"]["model"] < 20 * track
+    # one more loudness pass costs one more unchecked limiter and measurement
+    m3 = bench.bytes_model(seconds, rate, passes=3)
+    assert m3["chain"]["model"] > m["chain"]["model"] and m3["chain"]["ideal"] == m["chain"]["ideal"] + 5 * track
+    # short tracks take the single-FFT path of the reverb and the unchunked K-weighting
+    short = bench.bytes_model(2.0, rate, passes=1)
+    assert all(v["model"] > 0 for v in short.values())
+
+
+def test_kernels_bench_prints_the_floor_table_on_the_cpu(bench, capsys):
+    assert bench.main(["--seconds", "6", "--repeat", "1", "--backend", "cpu", "--bandwidth-mib", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "WHOLE CHAIN master() -14 LUFS" in out
+    assert "cpu  bandwidth" in out and "GB/s" in out
+    header = next(line for line in out.splitlines() if "model GB" in line)
+    assert "floor ms" in header and "reached" in header and "ideal GB" in header
+    rows = [line for line in out.splitlines() if line.startswith("  cpu  ") and line.rstrip().endswith("%")]
+    assert len(rows) == 7  # six stages and the chain
+    assert "x realtime" in out.splitlines()[-1] and "of the model floor" in out.splitlines()[-1]
+
+
+def test_model_only_mode(bench, capsys):
+    assert bench.main(["--model", "--seconds", "240"]) == 0
+    out = capsys.readouterr().out
+    assert "one copy of the track = 92.2 MB" in out
+    assert "limiter: model" in out and "chain: model" in out
+
+
+def test_gpu_run_script_parses():
+    subprocess.run(["bash", "-n", os.path.join(REPO, "bench", "gpu_run.sh")], check=True)
