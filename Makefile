@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench bench-long clean
+.PHONY: demo test bench bench-long gpu-prepare clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ bench: $(VENV)/.installed
 
 bench-long: $(VENV)/.installed  # a 2-hour 96 kHz programme streamed: ~10 GB of disk, ~20 min on 2 cores
 	$(PY) bench/long.py
+
+gpu-prepare: $(VENV)/.installed  # issue 5: wheels for the device into .whl/, then the GPU script's CPU dry run
+	bench/gpu_run.sh prepare
+	bench/gpu_run.sh --cpu-only
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

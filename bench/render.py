@@ -172,6 +172,18 @@ def main(argv=None) -> int:
           f"python {platform.python_version()}")
     print(f"# catalog: {args.tracks} x {args.seconds:.0f} s stereo ({kinds}, alternating) = {audio_s:.1f} audio s, "
           f"written in {time.perf_counter() - t:.1f} s to {catalog_dir}")
+    from kernels import backend as kb
+
+    if kb.gpu_available():
+        import cupy
+
+        names = [cupy.cuda.runtime.getDeviceProperties(i)["name"].decode() for i in range(kb.gpu_count())]
+        print(f"# GPU: {', '.join(names)}, cupy {cupy.__version__}")
+    else:
+        print("# GPU: none (CuPy missing or no CUDA device)")
+    if args.backend == "gpu" and not kb.gpu_available():
+        print("bench/render.py: --backend gpu needs a GPU that CuPy sees", file=sys.stderr)
+        return 2
     print(f"# preset {args.preset}, backend {args.backend}, embedded Dask cluster"
           + (f", {args.workers} workers" if args.workers else "")
           + (f", {args.threads_per_worker} threads/worker" if args.threads_per_worker else ""), flush=True)
