@@ -143,11 +143,27 @@ def render_track(task: RenderTask | RenderGroup) -> TrackResult | list[TrackResu
     records, one per member, for a :class:`~farm.records.RenderGroup`)."""
     if isinstance(task, RenderGroup):
         return render_group(task)
+    return _render_guarded(task)
+
+
+def render_group(group: RenderGroup) -> list[TrackResult]:
+    """Every deliverable of one input (``--preset a,b,c``), one record each: the
+    input is decoded, measured and resampled once per rate, and the shared stages
+    (EQ, match, dynamics, reverb) run once per distinct setting
+    (:func:`kernels.chain.shared_key`); each member then runs its own target
+    stages, encode, tags and validation, and fails or passes alone. A programme
+    long enough to stream is streamed per member (nothing shared)."""
+    source: dict = {}
+    shared: dict = {}
+    return [_render_guarded(t, source, shared) for t in group.tasks]
+
+
+def _render_guarded(task: RenderTask, source: dict | None = None, shared: dict | None = None) -> TrackResult:
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     src = task.track.source
     try:
-        return _render(task, timings, t_start)
+        return _render(task, timings, t_start, source, shared)
     except audio.AudioError as e:
         # Errors from the encode and tag steps name the temporary file, not the
         # track: the reason must always name the track's input file.
@@ -163,7 +179,11 @@ def render_track(task: RenderTask | RenderGroup) -> TrackResult | list[TrackResu
         return _fail(task, f"{src}: internal error {type(e).__name__}: {e}", timings)
 
 
-def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
+def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None = None,
+            shared: dict | None = None) -> TrackResult:
+    """One master. ``source``/``shared``: dicts a RenderGroup keeps across its
+    members (the decoded input and its measurements, resampled copies, the
+    shared stages' outputs); None for a lone track."""
     src = task.track.source
     out_spec = task.output
 
@@ -185,28 +205,34 @@ def _render(task: RenderTask, timings: dict, t_start: float) -> TrackResult:
     frames = max(head.frames, -(-head.frames * rate // head.sample_rate))
     if budget.should_stream(frames, head.channels, budget_mb):
         return _render_streamed(task, head, budget_mb, timings, t_start)
+    source = {} if source is None else source
     t = time.perf_counter()
-    dec = audio.decode(src)
-    t = lap("decode", t)
-    if dec.duration_s < audio.MIN_SECONDS:
-        raise audio.AudioError(f"{src}: {dec.duration_s * 1000:.0f} ms long; BS.1770 loudness needs at "
-                               f"least {audio.MIN_SECONDS * 1000:.0f} ms (one gating block)")
-    before = _stats(dec.audio, dec.sample_rate)
-    t = lap("measure_input", t)
-    if before["integrated_lufs"] is None:
-        raise UnmeasurableError("silent (nothing above the -70 LUFS absolute gate): nothing to master")
+    if "dec" not in source:  # a group's first member decodes and measures for all
+        dec = audio.decode(src)
+        t = lap("decode", t)
+        if dec.duration_s < audio.MIN_SECONDS:
+            raise audio.AudioError(f"{src}: {dec.duration_s * 1000:.0f} ms long; BS.1770 loudness needs at "
+                                   f"least {audio.MIN_SECONDS * 1000:.0f} ms (one gating block)")
+        before = _stats(dec.audio, dec.sample_rate)
+        t = lap("measure_input", t)
+        if before["integrated_lufs"] is None:
+            raise UnmeasurableError("silent (nothing above the -70 LUFS absolute gate): nothing to master")
+        source.update(dec=dec, before=before)
+    dec, before = source["dec"], dict(source["before"])
 
     bit_depth = out_spec.bit_depth or dec.native_bit_depth
-    x = audio.resample(dec.audio, dec.sample_rate, rate)
-    t = lap("resample", t)
+    if ("x", rate) not in source:
+        source[("x", rate)] = audio.resample(dec.audio, dec.sample_rate, rate)
+        t = lap("resample", t)
+    x = source[("x", rate)]
 
     name = backend.resolve(task.backend)
     chain = _track_chain(task, bit_depth)
     ir = _load_ir(task, rate, dec.channels)
     reference = _load_reference(task, chain, rate)
     task, chain = _matched(task, chain, reference)
-    run_chain = None if reference is None else (
-        lambda *a, **k: _run_chain(*a, **k, reference=reference))
+    run_chain = None if reference is None and shared is None else (
+        lambda *a, **k: _run_chain(*a, **k, reference=reference, shared=shared))
     # One long track can need more device memory than the GPU has: it is mastered on
     # the CPU instead of failing (see master_with_fallback).
     res, mastered, name = master_with_fallback(x, rate, chain, ir, name, run_chain=run_chain, timings=timings)
@@ -342,22 +368,19 @@ def _plot_data(task: RenderTask, res, before, after, timings: dict) -> str | Non
     return rel
 
 
-def render_group(group: RenderGroup) -> list[TrackResult]:
-    """Every deliverable of one input (``--preset a,b,c``), one record each."""
-    return [render_track(t) for t in group.tasks]
-
-
 GPU_OOM_BACKEND = "cpu (gpu out of memory)"  # the result's backend when a GPU render fell back
 
 
-def _run_chain(x: np.ndarray, rate: int, chain, ir, name: str, timings: dict, reference=None):
+def _run_chain(x: np.ndarray, rate: int, chain, ir, name: str, timings: dict, reference=None, shared=None):
     """The chain on backend ``name``: (MasterResult, mastered audio on the host);
     sets ``timings`` "upload" and "chain" (a fallback's run overwrites them).
     ``reference``: the match's ReferenceProfile (see _load_reference)."""
     t0 = time.perf_counter()
     dev = backend.to_device(x, name)
     t1 = time.perf_counter()
-    res = master(dev, rate, chain, ir=ir, reference=reference)
+    # a group's shared outputs live on the backend they were made on: key them by it too
+    cache = None if shared is None else shared.setdefault(name, {})
+    res = master(dev, rate, chain, ir=ir, reference=reference, shared=cache)
     mastered = backend.to_host(res.audio)
     timings.update(upload=round(t1 - t0, 4), chain=round(time.perf_counter() - t1, 4))
     return res, mastered

@@ -246,24 +246,42 @@ def match_fir(x, sample_rate: int, params: ChainParams, reference):
     return match.design_match(reference, match.long_term_spectrum(x, sample_rate), params.match, sample_rate)
 
 
-def master(x, sample_rate: int, params: ChainParams, ir=None, reference=None) -> MasterResult:
+def shared_key(sample_rate: int, params: ChainParams) -> tuple:
+    """What the shared stages' output depends on besides the input: two deliverables
+    of one input with equal keys share it (the IR and the reference are named by
+    path in the params)."""
+    return (int(sample_rate), params.eq, params.match, params.multiband, params.compressor, params.saturation,
+            params.reverb)
+
+
+def master(x, sample_rate: int, params: ChainParams, ir=None, reference=None,
+           shared: dict | None = None) -> MasterResult:
     """Master ``x`` (channels, samples; float32, NumPy or CuPy) with ``params``.
 
     ``reference``: the :class:`kernels.match.ReferenceProfile` when
     ``params.match`` is on (its loudness rule is applied by the caller,
-    :func:`kernels.match.matched_chain`). Raises :class:`UnmeasurableError`
-    when a loudness target is set but the programme has no integrated
-    loudness (silence, fully gated out). Everything bypassed returns ``x``
-    itself, bit for bit.
+    :func:`kernels.match.matched_chain`). ``shared``: a dict the caller keeps
+    across several masters of the same ``x`` (one input, several
+    deliverables): the shared stages' output is kept there under
+    :func:`shared_key` and reused, so they run once per distinct setting.
+    Raises :class:`UnmeasurableError` when a loudness target is set but the
+    programme has no integrated loudness (silence, fully gated out).
+    Everything bypassed returns ``x`` itself, bit for bit.
     """
     xp = backend.array_module(x)
-    t0 = time.perf_counter()
-    taps = match_fir(x, sample_rate, params, reference)
-    pre = shared_stages(params, ir, taps).prepare(sample_rate)
-    y = pre(x)
-    seconds = dict(pre.seconds)
-    if taps is not None:
-        seconds["match_analysis"] = time.perf_counter() - t0 - sum(pre.seconds.values())
+    key = shared_key(sample_rate, params)
+    if shared is not None and key in shared:
+        y, seconds = shared[key][0], {"shared_stages_reused": 0.0}
+    else:
+        t0 = time.perf_counter()
+        taps = match_fir(x, sample_rate, params, reference)
+        pre = shared_stages(params, ir, taps).prepare(sample_rate)
+        y = pre(x)
+        seconds = dict(pre.seconds)
+        if taps is not None:
+            seconds["match_analysis"] = time.perf_counter() - t0 - sum(pre.seconds.values())
+        if shared is not None:
+            shared[key] = (y,)
     result = _target_loop(xp, y, sample_rate, params, seconds)
     return dataclasses.replace(result, stage_seconds=seconds)
 
@@ -405,4 +423,4 @@ def _slope(history) -> float:
 
 __all__ = ["Chain", "Stage", "EQStage", "MatchStage", "MultibandStage", "CompressorStage", "SaturationStage",
            "ReverbStage", "match_fir", "MasterResult", "LoopOutcome", "UnmeasurableError",
-           "ReductionTrace", "TRACE_HOP_S", "check_ceiling", "loudness_loop", "master", "needs_loop", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]
+           "ReductionTrace", "TRACE_HOP_S", "check_ceiling", "loudness_loop", "master", "needs_loop", "shared_key", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]

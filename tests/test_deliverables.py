@@ -84,3 +84,31 @@ def test_render_many_deliverables_on_external_workers(cluster, tmp_path):  # noq
     again = farm("render", "catalog.csv", "--preset", "streaming,ebu-r128", "-o", "out",
                  "--scheduler", cluster.address, "--no-progress", cwd=tmp_path)
     assert again.code == 0 and "(0 rendered, 4 unchanged" in again.out, again
+
+
+def test_a_group_decodes_once_and_shares_the_shared_stages(tmp_path):
+    """Two deliverables with the same EQ/dynamics/reverb but other targets and formats:
+    the second reuses the first's shared output, and both equal lone renders bit for bit."""
+    from farm.presets import BUILTIN_DIR
+    from farm.render import render_track
+
+    cat = _catalog(tmp_path, n=1, seconds=4.0)
+    with open(os.path.join(BUILTIN_DIR, "master.toml"), encoding="utf-8") as f:
+        text = f.read()
+    text = text.replace('name = "master"', 'name = "master-loud"').replace("target_lufs = -14.0",
+                                                                           "target_lufs = -11.0")
+    text = text.replace('format = "flac"', 'format = "wav"')
+    (tmp_path / "master-loud.toml").write_text(text, encoding="utf-8")
+    job = job_from_flags(cat, f"master,{tmp_path / 'master-loud.toml'}", tmp_path / "out")
+    (unit,) = _units(job.tasks())
+    first, second = render_track(unit)
+    assert first.status == second.status == "ok", (first.reason, second.reason)
+    assert "chain_shared_stages_reused" in second.timings and "chain_eq" not in second.timings
+    assert "decode" in first.timings and "decode" not in second.timings
+    assert second.result["integrated_lufs"] == pytest.approx(-11.0, abs=0.15)
+    for member, grouped in zip(unit.tasks, (first, second)):
+        a, _ = sf.read(grouped.output, dtype="int32")
+        os.replace(grouped.output, grouped.output + ".grouped")
+        alone = render_track(member)
+        b, _ = sf.read(alone.output, dtype="int32")
+        assert (a == b).all()
