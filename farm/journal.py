@@ -210,7 +210,11 @@ def settings_json(task: RenderTask, ir_hash: Callable[[str], str] = file_hash) -
     d.pop("backend", None)
     d.pop("memory_budget_mb", None)  # how much memory a render may use changes how, not what, it renders
     d["track"].pop("row", None)
-    d["track"]["tags"] = {k: v for k, v in d["track"]["tags"].items() if v}
+    tags = {k: v for k, v in d["track"].get("tags", {}).items() if v}
+    if tags:  # no tags (or only empty ones) is the default: left out like any other default
+        d["track"]["tags"] = tags
+    else:
+        d["track"].pop("tags", None)
     ir = _ir_path(task)
     if ir is not None:
         d["ir_content"] = ir_hash(ir) if os.path.isfile(ir) else f"missing:{ir}"

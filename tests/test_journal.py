@@ -184,6 +184,9 @@ def test_fields_at_their_defaults_stay_out_of_the_settings(folder):
     assert settings_hash(bwf) != settings_hash(a)
     assert settings_hash(dataclasses.replace(bwf, output=dataclasses.replace(bwf.output, bwf=False))) == \
         settings_hash(a)
+    untagged = dataclasses.replace(a, track=dataclasses.replace(a.track, tags={}))
+    blank = dataclasses.replace(a, track=dataclasses.replace(a.track, tags={"title": ""}))
+    assert settings_hash(untagged) == settings_hash(blank) != settings_hash(a)
 
 
 def test_task_key_is_input_and_output_not_row(folder):
