@@ -66,6 +66,9 @@ def add_run_options(p) -> None:
                    help="host memory each worker process may give its renders (its threads share it); a "
                         "programme whose whole-file render would not fit is rendered streamed, in blocks "
                         "(default: the job file's memory_budget_mb, else 60%% of each worker's Dask memory limit)")
+    p.add_argument("--gpu-memory-budget-mb", type=int, metavar="MIB",
+                   help="device memory per GPU for its renders; a programme whose whole-file chain would not "
+                        "fit is streamed (default: the job file's gpu_memory_budget_mb, else 80%% of the device's)")
     p.add_argument("--force", action="store_true", help="render every track again, ignoring the journal")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -141,6 +144,7 @@ def render_and_summarise(job, args, out, err) -> int:
     try:  # the flags override the job file's memory_budget_mb and album_mode, as --backend does its backend
         job = job.with_memory_budget(getattr(args, "memory_budget_mb", None))
         job = job.with_album_mode(getattr(args, "album_mode", None))
+        job = job.with_gpu_memory_budget(getattr(args, "gpu_memory_budget_mb", None))
     except ConfigError as e:
         print(f"farm render: {e}", file=err)
         return ExitStatus.USAGE

@@ -11,6 +11,8 @@ A job file (TOML; relative paths resolve against the job file's folder)::
     scheduler = "tcp://10.0.0.5:8786"   # optional: an existing Dask scheduler
     memory_budget_mb = 8192             # optional: host memory (MiB) per worker process for its renders;
                                         #   a longer programme is rendered streamed (default: the worker's)
+    gpu_memory_budget_mb = 40960        # optional: device memory (MiB) per GPU for its renders
+                                        #   (default: 80% of the device's); longer programmes stream
     album_mode = true                   # optional: an album's tracks keep their loudness differences,
                                         #   its loudest track meets the target (farm.album)
     description = "..."                 # optional, free text
@@ -67,7 +69,8 @@ from .records import RenderTask, TrackSpec
 
 BACKENDS = ("auto", "cpu", "gpu")
 _JOB_KEYS = {"catalog": "str", "preset": "str", "output_dir": "str", "backend": "str", "scheduler": "str",
-             "description": "str", "memory_budget_mb": "int", "album_mode": "bool", "output": "table",
+             "description": "str", "memory_budget_mb": "int", "gpu_memory_budget_mb": "int",
+             "album_mode": "bool", "output": "table",
              "overrides": "table"}
 _REQUIRED = ("catalog", "preset", "output_dir")
 
@@ -89,6 +92,7 @@ class Job:
     # catalog rows set aside for their own metadata problems (keep_going=True): they fail alone
     rejected: tuple[_catalog.RejectedRow, ...] = ()
     memory_budget_mb: int | None = None  # MiB per worker process; None: each worker's default
+    gpu_memory_budget_mb: int | None = None  # MiB per GPU; None: a share of each device's memory
     album_mode: bool = False  # tracks of an album keep their loudness differences (farm.album)
     # ``--preset a,b,c``: every track mastered for each of these (``preset`` is the first),
     # each deliverable into a subfolder named after its preset; () for one preset
@@ -108,6 +112,15 @@ class Job:
         budget = _check_budget(memory_budget_mb, origin, problems)
         problems.raise_if_any()
         return dataclasses.replace(self, memory_budget_mb=budget)
+
+    def with_gpu_memory_budget(self, mb: int | None, origin: str = "--gpu-memory-budget-mb") -> "Job":
+        """This job with another per-GPU budget (``None`` keeps the job's)."""
+        if mb is None:
+            return self
+        problems = Problems()
+        value = _check_budget(mb, origin, problems)
+        problems.raise_if_any()
+        return dataclasses.replace(self, gpu_memory_budget_mb=value)
 
     def with_album_mode(self, album_mode: bool | None) -> "Job":
         """This job with album mode on or off (``None`` keeps the job's)."""
@@ -166,7 +179,8 @@ class Job:
             ir_dirs = tuple(dict.fromkeys(((os.path.dirname(p.path),) if p.path else ()) + dirs))
             tasks.append(RenderTask(track=t, chain=p.chain, output=p.output, delivery=p.delivery, out_path=out,
                                     preset=p.name, backend=self.backend, ir_search_dirs=ir_dirs,
-                                    memory_budget_mb=self.memory_budget_mb))
+                                    memory_budget_mb=self.memory_budget_mb,
+                                    gpu_memory_budget_mb=self.gpu_memory_budget_mb))
         problems.raise_if_any()
         return tasks
 
@@ -211,7 +225,7 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
               output: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None, backend: Any,
               scheduler: Any, path: str | None, description: str, require_files: bool,
               problems: Problems, keep_going: bool = False, memory_budget_mb: Any = None,
-              album_mode: Any = False) -> Job:
+              album_mode: Any = False, gpu_memory_budget_mb: Any = None) -> Job:
     """Load preset and catalog, collecting their problems with the job's own; build and validate the Job."""
     preset = None
     deliverables: list[Preset] = []
@@ -244,6 +258,8 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
     scheduler = _check_scheduler(scheduler, origin, problems)
     where_budget = f"{origin} memory_budget_mb" if path else "--memory-budget-mb"
     memory_budget_mb = _check_budget(memory_budget_mb, where_budget, problems)
+    gpu_memory_budget_mb = _check_budget(gpu_memory_budget_mb, f"{origin} gpu_memory_budget_mb" if path
+                                         else "--gpu-memory-budget-mb", problems)
     out_dir = ""
     if output_dir is not None:
         out_dir = os.path.abspath(os.path.join(base_dir, os.path.expanduser(output_dir)))
@@ -255,6 +271,7 @@ def _assemble(*, catalog_path: str | None, preset_ref: str | None, output_dir: s
               backend=backend, scheduler=scheduler, path=path, output=dict(output or {}),
               description=description, origin=origin, rejected=tuple(rejected or ()),
               memory_budget_mb=memory_budget_mb, album_mode=album_mode is True,
+              gpu_memory_budget_mb=gpu_memory_budget_mb,
               deliverables=tuple(deliverables) if len(deliverables) > 1 else ())
     job.tasks()  # validates every track's merged settings and output name
     return job
@@ -315,7 +332,8 @@ def load_job(path: str | os.PathLike, *, require_files: bool = False, keep_going
                      backend=text("backend") or "auto", scheduler=text("scheduler"), path=path,
                      description=text("description") or "", require_files=require_files, problems=problems,
                      keep_going=keep_going, memory_budget_mb=data.get("memory_budget_mb"),
-                     album_mode=data.get("album_mode", False))
+                     album_mode=data.get("album_mode", False),
+                     gpu_memory_budget_mb=data.get("gpu_memory_budget_mb"))
 
 
 _REQUIRED_HELP = {

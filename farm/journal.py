@@ -208,7 +208,8 @@ def settings_json(task: RenderTask, ir_hash: Callable[[str], str] = file_hash) -
     """
     d = _settings_dict(task)
     d.pop("backend", None)
-    d.pop("memory_budget_mb", None)  # how much memory a render may use changes how, not what, it renders
+    d.pop("memory_budget_mb", None)
+    d.pop("gpu_memory_budget_mb", None)  # how much memory a render may use changes how, not what, it renders
     d["track"].pop("row", None)
     tags = {k: v for k, v in d["track"].get("tags", {}).items() if v}
     if tags:  # no tags (or only empty ones) is the default: left out like any other default

@@ -84,6 +84,9 @@ class RenderTask:
     # Host memory (MiB) the worker process may give its renders (job memory_budget_mb or
     # --memory-budget-mb); None: the worker's own default. See farm.budget.resolve_budget_mb.
     memory_budget_mb: int | None = None
+    # Device memory (MiB) per GPU for its renders (job gpu_memory_budget_mb or
+    # --gpu-memory-budget-mb); None: a share of the device's memory. See farm.budget.gpu_budget_mb.
+    gpu_memory_budget_mb: int | None = None
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,10 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
     budget_mb = budget.resolve_budget_mb(task.memory_budget_mb)
     rate = out_spec.sample_rate or head.sample_rate
     frames = max(head.frames, -(-head.frames * rate // head.sample_rate))
-    if budget.should_stream(frames, head.channels, budget_mb):
+    on_gpu = backend.resolve(task.backend) != "cpu"
+    gpu_mb = budget.gpu_budget_mb(task.gpu_memory_budget_mb) if on_gpu else None
+    if budget.should_stream(frames, head.channels, budget_mb) or budget.device_should_stream(
+            frames, head.channels, gpu_mb):
         return _render_streamed(task, head, budget_mb, timings, t_start)
     source = {} if source is None else source
     t = time.perf_counter()

@@ -206,3 +206,24 @@ def test_gpu_budget_from_the_job_or_the_device():
     frames = 2 * 3600 * 96000  # two hours at 96 kHz stereo: 66 GB of device working set
     assert budget.device_should_stream(frames, 2, 40 * 1024)
     assert not budget.device_should_stream(4 * 60 * 48000, 2, 40 * 1024)  # a song fits an H100 share
+
+
+def test_gpu_budget_travels_from_job_file_and_flag_to_the_task(tmp_path):
+    import soundfile as sf
+
+    from farm.errors import ConfigError
+    from farm.job import load_job
+
+    import numpy as np
+
+    sf.write(str(tmp_path / "a.wav"), np.zeros((48000, 2), dtype=np.float32) + 0.1, 48000)
+    (tmp_path / "c.csv").write_text("file,title\na.wav,A\n")
+    (tmp_path / "job.toml").write_text('catalog = "c.csv"\npreset = "streaming"\noutput_dir = "out"\n'
+                                       "gpu_memory_budget_mb = 4096\n")
+    job = load_job(tmp_path / "job.toml")
+    assert job.tasks()[0].gpu_memory_budget_mb == 4096
+    assert job.with_gpu_memory_budget(1024).tasks()[0].gpu_memory_budget_mb == 1024
+    (tmp_path / "job.toml").write_text('catalog = "c.csv"\npreset = "streaming"\noutput_dir = "out"\n'
+                                       'gpu_memory_budget_mb = "lots"\n')
+    with pytest.raises(ConfigError, match="gpu_memory_budget_mb"):
+        load_job(tmp_path / "job.toml")
