@@ -169,7 +169,32 @@ def _as_input(xp, x, channels: int):
     return x
 
 
-class LimiterStream(Streamer):
+class _Emits:
+    """What both streams do with the gain they settle: apply it to the held input,
+    hand it to ``gain_sink``, and keep the deepest reduction."""
+
+    gain_sink = None
+    emitted = 0
+    min_gain = 1.0
+
+    def _apply(self, x: _Buf, gain_x):
+        a = self.emitted
+        b = a + gain_x.shape[-1]
+        out = x.window(a, b) * gain_x
+        if b > a:
+            self.min_gain = min(self.min_gain, backend.to_float(gain_x.min()))
+            if self.gain_sink is not None:
+                self.gain_sink(gain_x)
+        self.emitted = b
+        return out
+
+    @property
+    def max_gain_reduction_db(self) -> float:
+        g = self.min_gain
+        return max(0.0, -20.0 * math.log10(g)) if g > 0 else math.inf
+
+
+class LimiterStream(_Emits, Streamer):
     """``limit(x, rate, params, check=False)`` block by block.
 
     ``push`` returns the limited samples determined so far (the lookahead
@@ -221,14 +246,7 @@ class LimiterStream(Streamer):
         return self._emit()
 
     def _emit(self):
-        a, b = self.emitted, self.gains.out.end
-        gain_x = self.gains.out.window(a, b).astype(self.dtype)
-        out = self.x.window(a, b) * gain_x
-        if b > a:
-            self.min_gain = min(self.min_gain, backend.to_float(gain_x.min()))
-            if self.gain_sink is not None:
-                self.gain_sink(gain_x)
-        self.emitted = b
+        out = self._apply(self.x, self.gains.out.window(self.emitted, self.gains.out.end).astype(self.dtype))
         for buf in (self.x, self.det.env, self.gains.out):
             buf.trim()
         return out
@@ -242,10 +260,6 @@ class LimiterStream(Streamer):
             return self.xp.zeros((self.channels, 0), dtype=self.dtype)
         return self._emit()
 
-    @property
-    def max_gain_reduction_db(self) -> float:
-        g = self.min_gain
-        return max(0.0, -20.0 * math.log10(g)) if g > 0 else math.inf
 
 
 class _Correction:
@@ -291,7 +305,7 @@ class _Correction:
             self.det.done = e
 
 
-class CheckStream:
+class CheckStream(_Emits):
     """:func:`kernels.limiter.check` on a :class:`LimiterStream` pass, block by block.
 
     ``push(x, gain)`` takes the same input ``x`` the pass limited and the
@@ -370,17 +384,10 @@ class CheckStream:
         if env.end > env.start:
             self.peak = max(self.peak, backend.to_float(env.data.max()))
         env.drop_before(env.end)  # taken: no one reads it again
-        a, b = self.emitted, self.final_gain.end
-        g = self.final_gain.window(a, b)
+        g = self.final_gain.window(self.emitted, self.final_gain.end)
         if self.trim_in != 1.0:
             g = g * self.trim_in
-        gain_x = g.astype(self.dtype)
-        out = self.x.window(a, b) * gain_x
-        if b > a:
-            self.min_gain = min(self.min_gain, backend.to_float(gain_x.min()))
-            if self.gain_sink is not None:
-                self.gain_sink(gain_x)
-        self.emitted = b
+        out = self._apply(self.x, g.astype(self.dtype))
         bufs = [self.x, self.gain0, self.out0, self.det0.env]
         for c in self.stages:
             bufs += [c.step.out, c.gain, c.env]
@@ -412,10 +419,6 @@ class CheckStream:
         p = self.peak * self.trim_in
         return 20.0 * math.log10(p) if p > 0 else -math.inf
 
-    @property
-    def max_gain_reduction_db(self) -> float:
-        g = self.min_gain
-        return max(0.0, -20.0 * math.log10(g)) if g > 0 else math.inf
 
 
 __all__ = ["CheckStream", "LimiterStream"]
