@@ -106,21 +106,19 @@ class Job:
     def with_memory_budget(self, memory_budget_mb: int | None, origin: str = "--memory-budget-mb") -> "Job":
         """This job with another memory budget (``None`` keeps the job's); ConfigError naming
         ``origin`` for a value out of range."""
-        if memory_budget_mb is None:
-            return self
-        problems = Problems()
-        budget = _check_budget(memory_budget_mb, origin, problems)
-        problems.raise_if_any()
-        return dataclasses.replace(self, memory_budget_mb=budget)
+        return self._with_budget("memory_budget_mb", memory_budget_mb, origin)
 
     def with_gpu_memory_budget(self, mb: int | None, origin: str = "--gpu-memory-budget-mb") -> "Job":
         """This job with another per-GPU budget (``None`` keeps the job's)."""
-        if mb is None:
+        return self._with_budget("gpu_memory_budget_mb", mb, origin)
+
+    def _with_budget(self, name: str, value: int | None, origin: str) -> "Job":
+        if value is None:
             return self
         problems = Problems()
-        value = _check_budget(mb, origin, problems)
+        checked = _check_budget(value, origin, problems)
         problems.raise_if_any()
-        return dataclasses.replace(self, gpu_memory_budget_mb=value)
+        return dataclasses.replace(self, **{name: checked})
 
     def with_album_mode(self, album_mode: bool | None) -> "Job":
         """This job with album mode on or off (``None`` keeps the job's)."""

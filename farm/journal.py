@@ -173,7 +173,7 @@ def _ir_path(task: RenderTask) -> str | None:
     rv = task.chain.reverb
     if rv.bypass or rv.ir in REVERB_TYPES:
         return None
-    return _resolve(task, rv.ir)
+    return task.user_file(rv.ir)
 
 
 def _reference_path(task: RenderTask) -> str | None:
@@ -181,19 +181,10 @@ def _reference_path(task: RenderTask) -> str | None:
     row = getattr(task.track, "reference", None)
     m = getattr(task.chain, "match", None)
     if row:
-        return _resolve(task, row)
+        return task.user_file(row)
     if m is None or m.bypass or not m.reference:
         return None
-    return _resolve(task, m.reference)
-
-
-def _resolve(task: RenderTask, path: str) -> str:
-    """A user file's path as farm.render resolves it (relative: the job's folders)."""
-    if not os.path.isabs(path):
-        for d in task.ir_search_dirs:
-            if os.path.exists(os.path.join(d, path)):
-                return os.path.join(d, path)
-    return path
+    return task.user_file(m.reference)
 
 
 def settings_json(task: RenderTask, ir_hash: Callable[[str], str] = file_hash) -> str:

@@ -7,6 +7,7 @@ pickles cheaply and serialises to JSON for the report and the journal.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -87,6 +88,15 @@ class RenderTask:
     # Device memory (MiB) per GPU for its renders (job gpu_memory_budget_mb or
     # --gpu-memory-budget-mb); None: a share of the device's memory. See farm.budget.gpu_budget_mb.
     gpu_memory_budget_mb: int | None = None
+
+    def user_file(self, path: str) -> str:
+        """A file the job names (a reverb IR, a match reference): an absolute path as
+        it is, a relative one in the first of ``ir_search_dirs`` that holds it."""
+        if not os.path.isabs(path):
+            for d in self.ir_search_dirs:
+                if os.path.exists(os.path.join(d, path)):
+                    return os.path.join(d, path)
+        return path
 
 
 @dataclass(frozen=True)

@@ -74,12 +74,7 @@ def _load_ir(task: RenderTask, rate: int, channels: int):
     if rv.bypass or rv.ir in REVERB_TYPES:
         return None
     src = task.track.source
-    path = rv.ir
-    if not os.path.isabs(path):
-        for d in task.ir_search_dirs:
-            if os.path.exists(os.path.join(d, path)):
-                path = os.path.join(d, path)
-                break
+    path = task.user_file(rv.ir)
     try:
         ir = audio.decode(path)
     except audio.AudioError as e:
@@ -104,12 +99,7 @@ def _load_reference(task: RenderTask, chain, rate: int):
     if m.bypass:
         return None
     src = task.track.source
-    path = m.reference
-    if not os.path.isabs(path):
-        for d in task.ir_search_dirs:
-            if os.path.exists(os.path.join(d, path)):
-                path = os.path.join(d, path)
-                break
+    path = task.user_file(m.reference)
     try:
         ref = audio.decode(path)
     except audio.AudioError as e:
