@@ -37,9 +37,12 @@ MiB = 1 << 20
 #   240      11520000   108440 KiB -> 904944 KiB
 #
 # Least squares over 60..240 s: 31.7 bytes per sample per channel + 187 MiB
-# (81 MiB above the imports). Rounded up to leave room for other presets'
-# stages and for resampling (pass the frames at the *output* rate).
-WHOLE_FILE_BYTES_PER_SAMPLE = 36
+# (81 MiB above the imports). Since then the "master" preset runs a 4-band
+# multiband compressor (float32 bands and float64 envelopes per band): bench/long.py's
+# whole-file 4-min 96 kHz stereo track peaked at 2809 MiB RSS (2026-12-01 22:35,
+# `.venv/bin/python bench/long.py`), ~61 bytes per sample per channel above the
+# imports. Rounded up (pass the frames at the *output* rate).
+WHOLE_FILE_BYTES_PER_SAMPLE = 64
 WHOLE_FILE_OVERHEAD_BYTES = 128 * MiB
 
 # The streamed render (farm.stream_render, "master" preset, 3-min 96 kHz stereo FLAC,
