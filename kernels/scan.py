@@ -103,6 +103,18 @@ def one_pole(x, a, y0=0.0):
     """
     xp = backend.array_module(x)
     x = xp.asarray(x)
+    if xp is np and _is_scalar(a) and x.shape[-1]:
+        # On the host the sequential recursion in C (scipy's lfilter, direct form II
+        # transposed: y = (1-a)*x + z, z = a*y) is the fastest exact form: the same
+        # float64 operations as the plain reference loop, and with the state carried
+        # as zi = a*y0 consecutive calls equal one call on the concatenation.
+        import scipy.signal
+
+        a = float(a)
+        y0 = np.broadcast_to(np.asarray(backend.to_host(y0), dtype=np.float64), x.shape[:-1])
+        y, _ = scipy.signal.lfilter([1.0 - a], [1.0, -a], x.astype(np.float64, copy=False), axis=-1,
+                                    zi=(a * y0)[..., None])
+        return y.astype(_dtype(np, x), copy=False)
     if _is_scalar(a):
         b = x * (1.0 - float(a))
     else:

@@ -118,3 +118,22 @@ def test_empty_and_bad_input(xp):
         scan.linear_scan(0.5, 0.5)
     with pytest.raises(ValueError, match="op must be"):
         scan.reference(np.zeros(3), 0.5, op="sum")
+
+
+def test_one_pole_on_the_host_is_the_sequential_loop_and_chunks_join_exactly():
+    """The host path (scipy's lfilter) does the reference loop's float64 operations:
+    equal to it to the bit, and consecutive calls carrying y0 equal one call."""
+    import numpy as np
+
+    from kernels.scan import one_pole, reference
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 5000))
+    a = 0.995
+    whole = one_pole(x, a, np.array([0.5, -1.0, 0.0]))
+    ref = reference(None, a, x * (1.0 - a), np.array([0.5, -1.0, 0.0]))
+    assert np.array_equal(whole, ref)
+    first = one_pole(x[:, :1234], a, np.array([0.5, -1.0, 0.0]))
+    second = one_pole(x[:, 1234:], a, first[:, -1])
+    assert np.array_equal(np.concatenate([first, second], axis=1), whole)
+    assert one_pole(x.astype(np.float32), a).dtype == np.float32
