@@ -33,15 +33,14 @@ the pipeline if a worker dies.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import tempfile
 import time
 
 import numpy as np
 
 from kernels import backend
-from kernels.chain import MasterResult, ReductionTrace, check_ceiling, loudness_loop, needs_loop, working_limiter
+from kernels.chain import (MasterResult, ReductionTrace, UnmeasurableError, apply_gain, check_ceiling, loudness_loop,
+                           needs_loop, working_limiter)
 from kernels.dither import QuantizeStream
 from kernels.dynamics import CompressorStream, MultibandStream, SaturationStream
 from kernels.eq import EQStream
@@ -52,6 +51,8 @@ from kernels.params import ChainParams
 from kernels.resample import ResampleStream
 from kernels.reverb import ReverbStream
 from kernels.stream import Pipeline
+
+from . import audio
 
 
 class Spill:
@@ -82,20 +83,15 @@ class Spill:
 
 
 @contextlib.contextmanager
-def spill(beside: str, channels: int, what: str):
-    """A :class:`Spill` in the master's folder, named like the master's
-    partial file (so the pipeline sweeps it after a crash), removed on exit."""
-    folder = os.path.dirname(beside) or "."
-    stem, ext = os.path.splitext(os.path.basename(beside))
-    fd, path = tempfile.mkstemp(prefix=f".{stem[:80]}.", suffix=f".partial{ext}", dir=folder)
-    os.close(fd)
-    s = Spill(path, channels)
-    try:
-        yield s
-    finally:
-        s.close()
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+def spill(beside: str, channels: int):
+    """A :class:`Spill` under a temporary name of the master's (``audio.atomic_output``:
+    the pipeline sweeps it after a crash), removed on exit."""
+    with audio.atomic_output(beside) as path:
+        s = Spill(path, channels)
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 class _Progress:
@@ -177,7 +173,7 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
         prog.expected += 1.0
         taps = design_match(reference, _analysis_pass(reader, rate, channels, n_in, prog), chain.match, rate)
         seconds["analysis_pass"] = time.perf_counter() - t
-    with spill(spill_beside, channels, "pre") as pre_spill:
+    with spill(spill_beside, channels) as pre_spill:
         # 1. decode pass: measure the input, run the shared stages, spill them, measure them
         t = time.perf_counter()
         meter_in = LoudnessMeter(reader.sample_rate, channels)
@@ -206,8 +202,6 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
         if plot_input is not None:
             plot_input.short_term_from = meter_in
         if before.integrated_lufs is None:
-            from kernels.chain import UnmeasurableError
-
             raise UnmeasurableError("silent (nothing above the -70 LUFS absolute gate): nothing to master")
         ny = pre_spill.frames
         start = meter_pre.integrated() if meter_pre is not None else None
@@ -230,14 +224,13 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
         def trial(gain_db: float):
             """2. one loudness pass: gain, unchecked limiter, measure; spill the gain."""
             t0 = time.perf_counter()
-            gs = gain_spills.enter_context(spill(spill_beside, 1, "gain"))
-            g = np.float32(10.0 ** (gain_db / 20.0))
+            gs = gain_spills.enter_context(spill(spill_beside, 1))
             ls = LimiterStream(work, rate, channels, ny, gain_sink=gs.write)
             meter = LoudnessMeter(rate, channels, what="integrated") if measuring else None
             done = 0
             for y in pre_spill.blocks(block):
                 y = dev(y)
-                out = ls.push(y * y.dtype.type(g) if gain_db != 0.0 else y)
+                out = ls.push(apply_gain(y, gain_db))
                 if meter is not None:
                     meter.push(out)
                 done += y.shape[-1]
@@ -259,8 +252,8 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
             t = time.perf_counter()
             trim = 1.0
             for _ in range(2):
-                cs, tp_meter = _final_pass(pre_spill, kept, sink, block, chain, work, rate, channels, ny, trim,
-                                           dev, prog)
+                cs, tp_meter, trace = _final_pass(pre_spill, kept, sink, block, chain, work, rate, channels, ny,
+                                                  trim, dev, prog)
                 if cs.trim is None:
                     break
                 trim = cs.trim
@@ -272,17 +265,15 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
     res = MasterResult(None, loop.gain_db, cs.max_gain_reduction_db, loop.level_lufs, tp, loop.passes,
                        loop.reached, loop.reason,
                        ceiling_dbtp_used=None if chain.limiter.bypass else work.ceiling_dbtp,
-                       stage_seconds=seconds, gain_reduction_db=cs.trace.result())
+                       stage_seconds=seconds, gain_reduction_db=trace.result())
     return res, before, ny
 
 
 def _final_pass(pre_spill, kept, sink, block, chain, work, rate, channels, ny, trim, dev, prog):
     trace = ReductionTrace(rate)
     cs = CheckStream(work, rate, channels, ny, trim=trim, gain_sink=None if work.bypass else trace.push)
-    cs.trace = trace
     q = QuantizeStream(chain.dither, channels)
     tp_meter = LoudnessMeter(rate, channels, what="true_peak")
-    g = np.float32(10.0 ** (kept["gain_db"] / 20.0))
     done = 0
     with sink() as w:
         def out(a):
@@ -293,15 +284,14 @@ def _final_pass(pre_spill, kept, sink, block, chain, work, rate, channels, ny, t
 
         for y, gain in zip(pre_spill.blocks(block), kept["gain"].blocks(block)):
             y = dev(y)
-            gained = y * y.dtype.type(g) if kept["gain_db"] != 0.0 else y
-            out(q.push(cs.push(gained, dev(gain[0]))))
+            out(q.push(cs.push(apply_gain(y, kept["gain_db"]), dev(gain[0]))))
             done += y.shape[-1]
             prog.at(done * prog.frames // max(1, ny), 1.5)
         tail = cs.finish()
         if cs.trim is None:
             out(q.push(tail))
             out(q.finish())
-    return cs, tp_meter
+    return cs, tp_meter, trace
 
 
 __all__ = ["Spill", "master_streamed", "shared_streams", "spill"]

@@ -26,6 +26,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import backend, dither, dynamics, eq, limiter, loudness, oversample, reverb
 from .params import (ChainParams, CompressorParams, DitherParams, EQParams, LimiterParams, MultibandParams,
                      ReverbParams, SaturationParams)
@@ -187,8 +189,6 @@ class ReductionTrace:
         self._fill = 0
 
     def push(self, gain) -> None:
-        import numpy as np
-
         g = np.asarray(backend.to_host(gain), dtype=np.float64).reshape(-1)
         if self._fill:
             k = min(self.hop - self._fill, g.size)
@@ -205,8 +205,6 @@ class ReductionTrace:
             self._part, self._fill = float(g[whole:].min()), g.size - whole
 
     def result(self):
-        import numpy as np
-
         mins = self._mins + ([np.array([self._part])] if self._fill else [])
         g = np.concatenate(mins) if mins else np.zeros(0)
         with np.errstate(divide="ignore"):
@@ -355,6 +353,13 @@ def loudness_loop(start_lufs: float | None, params: ChainParams, trial) -> LoopO
     raise AssertionError("unreachable: max_passes >= 1")
 
 
+def apply_gain(y, gain_db: float):
+    """``y`` times the loop's static gain as a float32 scalar (``y`` itself at 0 dB):
+    the one place the whole-signal and the streamed loop scale their input, so
+    both make the same samples."""
+    return y * np.float32(10.0 ** (gain_db / 20.0)) if gain_db != 0.0 else y
+
+
 def needs_loop(params: ChainParams) -> bool:
     """False when nothing after the shared stages runs (no target, no limiter, no quantizer)."""
     dp = params.dither
@@ -383,8 +388,7 @@ def _target_loop(xp, y, rate: int, params: ChainParams, seconds: dict) -> Master
         """One unchecked limiter pass at ``gain_db``, measured; the 16x check runs once, on the pass kept.
         The loop runs on the float signal: dither adds noise ~90 dB below the
         programme, which moves integrated loudness by far less than 0.001 LU."""
-        g = xp.float32(10.0 ** (gain_db / 20.0))
-        gained = y * g if gain_db != 0.0 else y
+        gained = apply_gain(y, gain_db)
         res = timed("limiter", limiter.limit, gained, rate, work, False)
         kept.update(gained=gained, res=res)
         level = timed("loudness", loudness.integrated_loudness, res.audio, rate) if measuring else None
@@ -423,4 +427,4 @@ def _slope(history) -> float:
 
 __all__ = ["Chain", "Stage", "EQStage", "MatchStage", "MultibandStage", "CompressorStage", "SaturationStage",
            "ReverbStage", "match_fir", "MasterResult", "LoopOutcome", "UnmeasurableError",
-           "ReductionTrace", "TRACE_HOP_S", "check_ceiling", "loudness_loop", "master", "needs_loop", "shared_key", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]
+           "ReductionTrace", "TRACE_HOP_S", "apply_gain", "check_ceiling", "loudness_loop", "master", "needs_loop", "shared_key", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]

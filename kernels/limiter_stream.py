@@ -354,7 +354,6 @@ class CheckStream(_Emits):
         self.out0.needs.append(self.det0.first_needed)
         self.final_gain.needs.append(lambda: self.emitted)
         self.x.needs.append(lambda: self.emitted)
-        self.x.needs.append(lambda: self.out0.end)
         for c in self.stages:
             self.x.needs.append(c.det.first_needed)
 
