@@ -41,7 +41,23 @@ def _round(v, nd=2):
 
 def _stats(x, rate) -> dict:
     """Every R128 measurement of ``x`` (LoudnessStats' fields), rounded to 0.01 for the report."""
-    return {k: _round(v) for k, v in meter.measure(x, rate).to_dict().items()}
+    return _rounded(meter.measure(x, rate))
+
+
+def _rounded(stats) -> dict:
+    """A LoudnessStats as the report holds it: every field rounded to 0.01."""
+    return {k: _round(v) for k, v in stats.to_dict().items()}
+
+
+def _check_length(src: str, seconds: float) -> None:
+    if seconds < audio.MIN_SECONDS:
+        raise audio.AudioError(f"{src}: {seconds * 1000:.0f} ms long; BS.1770 loudness needs at "
+                               f"least {audio.MIN_SECONDS * 1000:.0f} ms (one gating block)")
+
+
+def _write_error(src: str, final: str, e: audio.AudioError) -> audio.AudioError:
+    """The encoder's message names only the temporary file: name the master too."""
+    return audio.AudioError(f"{src}: cannot write the master {final}: {e} (nothing was left there)")
 
 
 def worker_name() -> str:
@@ -74,11 +90,7 @@ def _load_ir(task: RenderTask, rate: int, channels: int):
     if rv.bypass or rv.ir in REVERB_TYPES:
         return None
     src = task.track.source
-    path = task.user_file(rv.ir)
-    try:
-        ir = audio.decode(path)
-    except audio.AudioError as e:
-        raise audio.AudioError(f"{src}: reverb impulse response {e}") from e
+    path, ir = _decode_user_file(task, rv.ir, "reverb impulse response")
     from kernels.reverb import ir_layout, normalize_ir, resample_ir
 
     h = resample_ir(ir.audio.astype(np.float64), ir.sample_rate, rate)
@@ -87,6 +99,16 @@ def _load_ir(task: RenderTask, rate: int, channels: int):
     except ValueError as e:
         raise audio.AudioError(f"{src}: reverb impulse response {path}: {e}") from e
     return h
+
+
+def _decode_user_file(task: RenderTask, name: str, what: str):
+    """(path, Decoded) of a file the job names (resolved by RenderTask.user_file);
+    an AudioError names the track and says ``what`` the file is for."""
+    path = task.user_file(name)
+    try:
+        return path, audio.decode(path)
+    except audio.AudioError as e:
+        raise audio.AudioError(f"{task.track.source}: {what} {e}") from e
 
 
 def _load_reference(task: RenderTask, chain, rate: int):
@@ -99,11 +121,7 @@ def _load_reference(task: RenderTask, chain, rate: int):
     if m.bypass:
         return None
     src = task.track.source
-    path = task.user_file(m.reference)
-    try:
-        ref = audio.decode(path)
-    except audio.AudioError as e:
-        raise audio.AudioError(f"{src}: match reference {e}") from e
+    path, ref = _decode_user_file(task, m.reference, "match reference")
     from kernels.match import profile
 
     prof = profile(audio.resample(ref.audio, ref.sample_rate, rate), rate, path)
@@ -193,19 +211,17 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
     budget_mb = budget.resolve_budget_mb(task.memory_budget_mb)
     rate = out_spec.sample_rate or head.sample_rate
     frames = max(head.frames, -(-head.frames * rate // head.sample_rate))
-    on_gpu = backend.resolve(task.backend) != "cpu"
-    gpu_mb = budget.gpu_budget_mb(task.gpu_memory_budget_mb) if on_gpu else None
+    name = backend.resolve(task.backend)
+    gpu_mb = budget.gpu_budget_mb(task.gpu_memory_budget_mb) if name != "cpu" else None
     if budget.should_stream(frames, head.channels, budget_mb) or budget.device_should_stream(
             frames, head.channels, gpu_mb):
-        return _render_streamed(task, head, budget_mb, timings, t_start)
+        return _render_streamed(task, head, budget_mb, name, timings, t_start)
     source = {} if source is None else source
     t = time.perf_counter()
     if "dec" not in source:  # a group's first member decodes and measures for all
         dec = audio.decode(src)
         t = lap("decode", t)
-        if dec.duration_s < audio.MIN_SECONDS:
-            raise audio.AudioError(f"{src}: {dec.duration_s * 1000:.0f} ms long; BS.1770 loudness needs at "
-                                   f"least {audio.MIN_SECONDS * 1000:.0f} ms (one gating block)")
+        _check_length(src, dec.duration_s)
         before = _stats(dec.audio, dec.sample_rate)
         t = lap("measure_input", t)
         if before["integrated_lufs"] is None:
@@ -219,11 +235,7 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
         t = lap("resample", t)
     x = source[("x", rate)]
 
-    name = backend.resolve(task.backend)
-    chain = _track_chain(task, bit_depth)
-    ir = _load_ir(task, rate, dec.channels)
-    reference = _load_reference(task, chain, rate)
-    task, chain = _matched(task, chain, reference)
+    task, chain, ir, reference = _settings(task, rate, bit_depth, dec.channels)
     run_chain = None if reference is None and shared is None else (
         lambda *a, **k: _run_chain(*a, **k, reference=reference, shared=shared))
     # One long track can need more device memory than the GPU has: it is mastered on
@@ -235,8 +247,8 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
     with audio.atomic_output(final) as tmp:
         try:
             audio.encode(tmp, mastered, rate, out_spec.format, bit_depth)
-        except audio.AudioError as e:  # its message names only the temporary file: name the master too
-            raise audio.AudioError(f"{src}: cannot write the master {final}: {e} (nothing was left there)") from e
+        except audio.AudioError as e:
+            raise _write_error(src, final, e) from e
         t = lap("encode", t)
         loud_tags = {"integrated_lufs": res.integrated_lufs, "true_peak_dbtp": res.true_peak_dbtp}
         tags.write_tags(tmp, task.track.tags, loudness=loud_tags)
@@ -248,6 +260,16 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
         plot_data = _plot_data(task, res, (dec.audio, dec.sample_rate), (check.audio, check.sample_rate), timings)
         return dataclasses.replace(_publish(task, tmp, res, before, after, checks, problems, name, timings,
                                             t_start, t), plot_data=plot_data)
+
+
+def _settings(task: RenderTask, rate: int, bit_depth: int, channels: int):
+    """(task, chain, user IR, reference profile) as both render paths master with:
+    the track's chain, its files loaded, the reference's loudness rule applied."""
+    chain = _track_chain(task, bit_depth)
+    ir = _load_ir(task, rate, channels)
+    reference = _load_reference(task, chain, rate)
+    task, chain = _matched(task, chain, reference)
+    return task, chain, ir, reference
 
 
 def _track_chain(task: RenderTask, bit_depth: int):
@@ -291,7 +313,8 @@ def _publish(task: RenderTask, tmp: str, res, before: dict, after: dict, checks:
     return delivery.make_copies(task, result, timings)  # [output] copies, each re-decoded and checked
 
 
-def _render_streamed(task: RenderTask, reader, budget_mb: int, timings: dict, t_start: float) -> TrackResult:
+def _render_streamed(task: RenderTask, reader, budget_mb: int, name: str, timings: dict,
+                     t_start: float) -> TrackResult:
     """:func:`_render` for a programme longer than the memory budget holds whole:
     mastered by :func:`farm.stream_render.master_streamed` in passes over blocks,
     written block by block (RF64 for a WAV past 4 GiB), validated by a streamed
@@ -303,18 +326,12 @@ def _render_streamed(task: RenderTask, reader, budget_mb: int, timings: dict, t_
     from .stream_render import master_streamed
 
     src, out_spec, final = task.track.source, task.output, task.out_path
-    if reader.duration_s < audio.MIN_SECONDS:  # a long programme never is; kept for a tiny budget
-        raise audio.AudioError(f"{src}: {reader.duration_s * 1000:.0f} ms long; BS.1770 loudness needs at "
-                               f"least {audio.MIN_SECONDS * 1000:.0f} ms (one gating block)")
+    _check_length(src, reader.duration_s)  # a long programme never is short; kept for a tiny budget
     rate = out_spec.sample_rate or reader.sample_rate
     bit_depth = out_spec.bit_depth or reader.native_bit_depth
-    chain = _track_chain(task, bit_depth)
-    ir = _load_ir(task, rate, reader.channels)
-    reference = _load_reference(task, chain, rate)
-    task, chain = _matched(task, chain, reference)
+    task, chain, ir, reference = _settings(task, rate, bit_depth, reader.channels)
     block = budget.block_frames(budget_mb, reader.channels, max(rate, reader.sample_rate))
     reader.block = block
-    name = backend.resolve(task.backend)
     progress = track_progress(task)
     timings["streamed_block_frames"] = block
     # the writer needs an upper bound of the length (RF64 or not): the rate-converted
@@ -330,13 +347,14 @@ def _render_streamed(task: RenderTask, reader, budget_mb: int, timings: dict, t_
             res, before_stats, _ = master_streamed(reader, rate, chain, ir, sink, block=block, spill_beside=final,
                                                    backend_name=name, progress=progress, timings=timings,
                                                    reference=reference, plot_input=plot_in)
-        except audio.AudioError as e:  # the writer's message names only the temporary file
-            raise audio.AudioError(f"{src}: cannot write the master {final}: {e} (nothing was left there)") from e
-        before = {k: _round(v) for k, v in before_stats.to_dict().items()}
+        except audio.AudioError as e:
+            raise _write_error(src, final, e) from e
+        before = _rounded(before_stats)
         timings["stream_master"] = round(time.perf_counter() - t, 4)
         t = time.perf_counter()
         loud_tags = {"integrated_lufs": res.integrated_lufs, "true_peak_dbtp": res.true_peak_dbtp}
         tags.write_tags(tmp, task.track.tags, loudness=loud_tags)
+        timings["tag"] = round(time.perf_counter() - t, 4)
         t = time.perf_counter()
         check = audio.BlockReader(tmp, block)
         meter = LoudnessMeter(check.sample_rate, check.channels)
@@ -345,7 +363,7 @@ def _render_streamed(task: RenderTask, reader, budget_mb: int, timings: dict, t_
             meter.push(b)
             plot_out.push(b)
         progress(1.0)
-        after = {k: _round(v) for k, v in meter.result().to_dict().items()}
+        after = _rounded(meter.result())
         check.frames = check.frames_read
         checks, problems = _validate(task, reader, check, after, rate, bit_depth, None)
         plot_data = _plot_data(task, res, plot_in, plot_out, timings)
