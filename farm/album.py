@@ -70,10 +70,11 @@ def album_targets(tasks: list[RenderTask], loudness: dict[str, float | None]) ->
     tolerance; the rest are returned unchanged.
     """
     groups: dict[tuple, list[int]] = defaultdict(list)
+    several = len({t.preset for t in tasks}) > 1  # --preset a,b,c: one album per deliverable
     for i, t in enumerate(tasks):
         key = album_key(t)
         if key is not None and loudness.get(t.track.source) is not None:
-            groups[key + ((t.preset,) if len({u.preset for u in tasks}) > 1 else ())].append(i)  # per deliverable
+            groups[key + ((t.preset,) if several else ())].append(i)
     out = list(tasks)
     summary = {}
     for key, idx in groups.items():
