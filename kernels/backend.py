@@ -93,6 +93,20 @@ def to_host(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def float_audio(x, name: str):
+    """``(xp, x)`` for a kernel ``name`` that takes float audio shaped (channels,
+    samples); a ValueError/TypeError that says how to fix any other shape or dtype."""
+    xp = array_module(x)
+    x = xp.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} expects audio shaped (channels, samples), got shape {tuple(x.shape)}; "
+                         "add a channel axis for mono (x[None, :])")
+    if x.dtype not in (xp.float32, xp.float64):
+        raise TypeError(f"{name} expects float32 or float64 audio, got {x.dtype}; convert with "
+                        "x.astype(numpy.float32) (PCM integers scaled to [-1, 1))")
+    return xp, x
+
+
 def to_float(x) -> float:
     """A Python float from a 0-d array on either backend (synchronises the GPU)."""
     return float(to_host(x))

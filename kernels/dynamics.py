@@ -107,17 +107,6 @@ class DynamicsResult:
 # --------------------------------------------------------------------------- crossover
 
 
-def _check_audio(x, name: str):
-    xp = backend.array_module(x)
-    x = xp.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} expects audio shaped (channels, samples), got shape {tuple(x.shape)}; "
-                         "add a channel axis for mono (x[None, :])")
-    if x.dtype not in (xp.float32, xp.float64):
-        raise TypeError(f"{name} expects float32 or float64 audio, got {x.dtype}; convert with "
-                        "x.astype(numpy.float32) (PCM integers scaled to [-1, 1))")
-    return xp, x
-
 
 @functools.lru_cache(maxsize=32)
 def crossover_bank(crossovers_hz: tuple[float, ...], sample_rate: float) -> np.ndarray:
@@ -163,7 +152,7 @@ def crossover_split(x, sample_rate: float, crossovers_hz: tuple[float, ...]):
     "same" crop (time-aligned with ``x``), in ``x``'s dtype and backend.
     ``bands.sum(axis=1)`` equals ``x`` within rounding.
     """
-    xp, x = _check_audio(x, "crossover_split")
+    xp, x = backend.float_audio(x, "crossover_split")
     bank = xp.asarray(crossover_bank(tuple(float(f) for f in crossovers_hz), float(sample_rate)), dtype=x.dtype)
     return fftconvolve(x[:, None, :], bank, mode="same")
 
@@ -277,7 +266,7 @@ def compress_multiband(x, sample_rate: float, params: MultibandParams) -> Dynami
     Crossover, then one gain computer per band (see the module docstring),
     channel-linked. Bypassed params return ``x`` itself and no reduction.
     """
-    xp, x = _check_audio(x, "compress_multiband")
+    xp, x = backend.float_audio(x, "compress_multiband")
     nb, n = len(params.bands), x.shape[-1]
     if params.bypass or n == 0 or x.shape[0] == 0:
         return DynamicsResult(x, xp.zeros((nb, n), dtype=xp.float32))
@@ -295,7 +284,7 @@ def compress(x, sample_rate: float, params: CompressorParams) -> DynamicsResult:
     """Broadband compression of ``x`` (channels, samples): the multiband gain
     computer on the whole band. Bypassed params return ``x`` itself. Samples
     that need no reduction (with no makeup) come back bit-identical."""
-    xp, x = _check_audio(x, "compress")
+    xp, x = backend.float_audio(x, "compress")
     n = x.shape[-1]
     if params.bypass or n == 0 or x.shape[0] == 0:
         return DynamicsResult(x, xp.zeros(n, dtype=xp.float32))
@@ -390,7 +379,7 @@ def saturate(x, sample_rate: float, params: SaturationParams):
     ``sample_rate`` is accepted for the kernels' common signature; the
     filter is specified relative to it.
     """
-    xp, x = _check_audio(x, "saturate")
+    xp, x = backend.float_audio(x, "saturate")
     n = x.shape[-1]
     if params.bypass or n == 0 or x.shape[0] == 0:
         return x
@@ -530,7 +519,7 @@ class MultibandStream(Streamer):
     def push(self, x):
         if self._inner is not None:
             return self._inner.push(x)
-        xp, x = _check_audio(x, "MultibandStream.push")
+        xp, x = backend.float_audio(x, "MultibandStream.push")
         self._xp, self._dtype = xp, x.dtype
         if self._grid is None:
             self._grid = _Regrid(_gain_chunk(xp))
@@ -570,7 +559,7 @@ class CompressorStream(Streamer):
     def push(self, x):
         if self._inner is not None:
             return self._inner.push(x)
-        xp, x = _check_audio(x, "CompressorStream.push")
+        xp, x = backend.float_audio(x, "CompressorStream.push")
         self._xp, self._dtype = xp, x.dtype
         if self._grid is None:
             self._grid = _Regrid(_gain_chunk(xp))
@@ -612,7 +601,7 @@ class SaturationStream(Streamer):
     def push(self, x):
         if self._inner is not None:
             return self._inner.push(x)
-        xp, x = _check_audio(x, "SaturationStream.push")
+        xp, x = backend.float_audio(x, "SaturationStream.push")
         self._xp, self._dtype = xp, x.dtype
         if x.shape[-1]:
             self.buf = x if self.buf is None else xp.concatenate([self.buf, x], axis=-1)

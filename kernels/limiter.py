@@ -136,14 +136,7 @@ def limit(x, sample_rate: float, params: LimiterParams, check: bool = True) -> L
     then ``None``): a cheaper estimate for a loop that tries several input
     gains; run :func:`check` on the result it keeps.
     """
-    xp = backend.array_module(x)
-    x = xp.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"limit expects audio shaped (channels, samples), got shape {tuple(x.shape)}; "
-                         "add a channel axis for mono (x[None, :])")
-    if x.dtype not in (xp.float32, xp.float64):
-        raise TypeError(f"limit expects float32 or float64 audio, got {x.dtype}; convert with "
-                        "x.astype(numpy.float32) (PCM integers scaled to [-1, 1))")
+    xp, x = backend.float_audio(x, "limit")
     if not sample_rate > 0:
         raise ValueError(f"sample_rate must be > 0 Hz, got {sample_rate!r}")
     n = x.shape[-1]
@@ -408,8 +401,9 @@ def gain_chunk(xp, gw, off: int, s: int, e: int, n: int, w: int, r: float, state
     ``gw`` holds ``g_req`` (float64) samples ``[off, off + len)``, at least
     ``[max(0, s - w + 1), min(n, e + w - 1))``: hold and ramp are local, the
     release scan starts from ``state`` (gain reduction in dB before ``s``).
-    A stretch that asks for no gain reduction, entered with none, is unity
-    gain without computing it (the computation gives exactly 1.0 there).
+    On the host, a stretch that asks for no gain reduction, entered with none,
+    is unity gain without computing it (the computation gives exactly 1.0 there;
+    a device check would cost a synchronisation).
     """
     lo, hi = max(0, s - (w - 1)), min(n, e + (w - 1))
     window = gw[lo - off:hi - off]
