@@ -110,12 +110,9 @@ class MultibandStage(Stage):
     def __init__(self, params: MultibandParams):
         self.params = params
         self.bypass = params.bypass
-        self.gain_reduction_db = None  # (bands, samples) of the last call
 
     def __call__(self, x):
-        r = dynamics.compress_multiband(x, self.sample_rate, self.params)
-        self.gain_reduction_db = r.gain_reduction_db
-        return r.audio
+        return dynamics.compress_multiband(x, self.sample_rate, self.params).audio
 
 
 class CompressorStage(Stage):
@@ -124,12 +121,9 @@ class CompressorStage(Stage):
     def __init__(self, params: CompressorParams):
         self.params = params
         self.bypass = params.bypass
-        self.gain_reduction_db = None
 
     def __call__(self, x):
-        r = dynamics.compress(x, self.sample_rate, self.params)
-        self.gain_reduction_db = r.gain_reduction_db
-        return r.audio
+        return dynamics.compress(x, self.sample_rate, self.params).audio
 
 
 class SaturationStage(Stage):
