@@ -135,7 +135,10 @@ class ConvolveStream(Streamer):
 
     ``h``: (M,) or (1, M) for every channel, (channels, M) per channel (as
     :func:`fftconvolve`), or (C_out, channels, M) true stereo / MIMO (as
-    :func:`convolve_mimo`). ``length`` defaults to the rest of the full
+    :func:`convolve_mimo`). With ``bank=True``, ``h`` (B, M) is a filter bank
+    applied to every channel, as ``fftconvolve(x[:, None, :], h)``: output row
+    ``c * B + b`` is channel ``c`` through filter ``b`` (each channel is
+    transformed once, not once per filter). ``length`` defaults to the rest of the full
     ``total + M - 1`` samples (``offset=(M-1)//2, length=total`` is the
     "same" crop). Output dtype: float32 if the blocks and ``h`` are, else
     float64; with ``cast=True`` ``h`` is first cast to the blocks' float
@@ -150,15 +153,16 @@ class ConvolveStream(Streamer):
     """
 
     def __init__(self, h, channels: int, total: int, offset: int = 0, length: int | None = None,
-                 cast: bool = False):
+                 cast: bool = False, bank: bool = False):
         self.mimo = h.ndim == 3
+        self.bank = bank
         if h.ndim not in (1, 2, 3) or h.shape[-1] == 0 or (self.mimo and h.shape[1] != channels) or (
-                h.ndim == 2 and h.shape[0] not in (1, channels)):
+                h.ndim == 2 and h.shape[0] not in (1, channels) and not bank) or (bank and h.ndim != 2):
             raise ValueError(f"a filter shaped {tuple(h.shape)} does not fit a {channels}-channel signal; "
-                             f"use (M,), (1, M), ({channels}, M) or (C_out, {channels}, M)")
+                             f"use (M,), (1, M), ({channels}, M), (C_out, {channels}, M) or a (B, M) bank")
         self.h, self.channels, self.total, self.cast = h, channels, int(total), cast
         self.m = m = int(h.shape[-1])
-        self.c_out = int(h.shape[0]) if self.mimo else channels
+        self.c_out = int(h.shape[0]) if self.mimo else channels * int(h.shape[0]) if bank else channels
         full = self.total + m - 1
         self.offset = int(offset)
         self.stop = full if length is None else self.offset + int(length)
@@ -210,7 +214,12 @@ class ConvolveStream(Streamer):
             raise ValueError("convolution needs non-empty inputs on the last axis")
         if self.size is None:
             x = self._queue.take(self._queue.size)
-            full = convolve_mimo(x, self.h) if self.mimo else fftconvolve(x, self.h)
+            if self.mimo:
+                full = convolve_mimo(x, self.h)
+            elif self.bank:
+                full = fftconvolve(x[:, None, :], self.h).reshape(self.c_out, -1)
+            else:
+                full = fftconvolve(x, self.h)
             return self._crop(full)
         frames = -(-(self.total + self.m - 1) // self.hop) - self._frames
         pad = frames * self.hop + self.m - 1 - self._queue.size  # the zeros past the end
@@ -232,6 +241,8 @@ class ConvolveStream(Streamer):
         del framed
         if self.mimo:
             spec = _mix(spec, self._spec, True)
+        elif self.bank:  # (C, 1, frames, F) * (B, 1, F) -> (C * B, frames, F), as fftconvolve broadcasts
+            spec = _multiply(spec[:, None], self._spec[:, None, :]).reshape(self.c_out, frames, -1)
         else:
             spec = _multiply(spec, self._spec[..., None, :])
         out = f.irfft(spec, self.size)[..., m - 1:]

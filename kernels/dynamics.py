@@ -270,13 +270,24 @@ def compress_multiband(x, sample_rate: float, params: MultibandParams) -> Dynami
     nb, n = len(params.bands), x.shape[-1]
     if params.bypass or n == 0 or x.shape[0] == 0:
         return DynamicsResult(x, xp.zeros((nb, n), dtype=xp.float32))
-    bands = crossover_split(x, sample_rate, params.crossovers_hz)
+    # The crossover runs chunk by chunk on its whole-signal overlap-save frames
+    # (_CrossoverStream): the same bands to the bit as crossover_split, without a
+    # (channels, bands, samples) array of the whole track (1.5 GB of transients for
+    # 4 min of stereo in 4 bands, and as much time in page faults and copies as FFTs).
+    bank = crossover_bank(tuple(float(f) for f in params.crossovers_hz), float(sample_rate))
+    split = _CrossoverStream(bank, x.shape[0], n)
     gc = _GainComputer(params.bands, params.detection, params.rms_ms, sample_rate)
+    step = _gain_chunk(xp)
+    grid = _Regrid(step)
     out = xp.empty_like(x)
     gr = xp.empty((nb, n), dtype=xp.float32)
-    step = _gain_chunk(xp)
-    for s in range(0, n, step):  # a loop over chunks, not samples; the scans carry their state
-        out[:, s:s + step], gr[:, s:s + step] = _apply_bands(gc, bands[..., s:s + step])
+    done = 0
+    for s in range(0, n + step, step):  # a loop over chunks, not samples; the scans carry their state
+        grid.push(split.push(x[:, s:s + step]) if s < n else split.finish())
+        for bands in grid.chunks(final=s >= n):
+            k = bands.shape[-1]
+            out[:, done:done + k], gr[:, done:done + k] = _apply_bands(gc, bands)
+            done += k
     return DynamicsResult(out, gr)
 
 
@@ -462,24 +473,23 @@ class _Regrid:
 
 
 class _CrossoverStream:
-    """:func:`crossover_split` block by block, bit for bit on the host: every
-    channel is repeated once per band and convolved with its band's row by
-    :class:`kernels.convolve.ConvolveStream` (the whole-signal convolution's
-    overlap-save frames, FFT sizes and "same" crop). Returns (C, B, j) or None."""
+    """:func:`crossover_split` block by block, bit for bit on the host: the bank
+    runs through :class:`kernels.convolve.ConvolveStream` in its bank mode (the
+    whole-signal convolution's overlap-save frames, FFT sizes, broadcast and
+    "same" crop). Returns (C, B, j) or None."""
 
     def __init__(self, bank: np.ndarray, channels: int, total: int):
         self.nb, self.channels = bank.shape[0], channels
         m = bank.shape[-1]
         # row c * B + b filters channel c with band b (the broadcast (C, 1, N) * (B, M) of crossover_split)
-        self._conv = ConvolveStream(np.tile(bank, (channels, 1)), channels * self.nb, total,
-                                    offset=(m - 1) // 2, length=total, cast=True)
+        self._conv = ConvolveStream(bank, channels, total, offset=(m - 1) // 2, length=total, cast=True,
+                                    bank=True)
 
     def _bands(self, y):
         return y.reshape(self.channels, self.nb, -1) if y.shape[-1] else None
 
     def push(self, x):
-        xp = backend.array_module(x)
-        return self._bands(self._conv.push(xp.repeat(x, self.nb, axis=0)))
+        return self._bands(self._conv.push(x))
 
     def finish(self):
         return self._bands(self._conv.finish())

@@ -3,6 +3,7 @@ on every backend: affine-min/max recursions with varying or constant
 coefficients, batched, any length, and the one-pole smoother."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -41,38 +42,45 @@ def _inputs(rng, shape, dtype, a_kind, b_kind):
 @given(n=SIZES, lead=st.sampled_from([(), (1,), (2,), (2, 3)]), dtype=st.sampled_from([np.float32, np.float64]),
        a_kind=st.sampled_from(["array", "const"]), b_kind=st.sampled_from(["array", "const"]),
        op=st.sampled_from(["min", "max"]), y0_kind=st.sampled_from(["zero", "scalar", "array"]),
-       block=st.sampled_from([2, 4, 64]), seed=st.integers(0, 2 ** 16))
-def test_affine_scan_matches_sequential_reference(xp, n, lead, dtype, a_kind, b_kind, op, y0_kind, block, seed):
+       block=st.sampled_from([2, 4, 64]), sequential=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_affine_scan_matches_sequential_reference(xp, n, lead, dtype, a_kind, b_kind, op, y0_kind, block,
+                                                  sequential, seed):
+    """Both algorithms: the parallel scan (the device's, run on NumPy too when
+    ``sequential`` is False) and the host's compiled loop."""
     rng = np.random.default_rng(seed)
     shape = lead + (n,)
     t, a, b = _inputs(rng, shape, dtype, a_kind, b_kind)
     y0 = {"zero": 0.0, "scalar": 0.7, "array": rng.standard_normal(lead).astype(dtype)}[y0_kind]
     dev = (lambda v: v if isinstance(v, float) else xp.asarray(v))
     fn = scan.affine_min_scan if op == "min" else scan.affine_max_scan
-    old = scan.BLOCK
-    scan.BLOCK = block  # small blocks recurse on short inputs too
-    try:
+    with _method(block, sequential):  # small blocks recurse on short inputs too
         got = fn(dev(t), dev(a), dev(b), dev(y0))
-    finally:
-        scan.BLOCK = old
     assert got.dtype == dtype and tuple(got.shape) == shape
     want = scan.reference(t, a, b, y0, op)
     assert _err(got, want) <= TOL[dtype]
+    if sequential and xp is np and dtype == np.float64:  # the compiled loop is the reference's arithmetic
+        assert np.array_equal(got, want)
+
+
+@contextlib.contextmanager
+def _method(block: int, sequential: bool):
+    old = scan.BLOCK, scan.HOST_SEQUENTIAL
+    scan.BLOCK, scan.HOST_SEQUENTIAL = block, sequential
+    try:
+        yield
+    finally:
+        scan.BLOCK, scan.HOST_SEQUENTIAL = old
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=SIZES, dtype=st.sampled_from([np.float32, np.float64]), varying=st.booleans(),
-       block=st.sampled_from([2, 8, 64]), seed=st.integers(0, 2 ** 16))
-def test_one_pole_matches_sequential_reference(xp, n, dtype, varying, block, seed):
+       block=st.sampled_from([2, 8, 64]), sequential=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_one_pole_matches_sequential_reference(xp, n, dtype, varying, block, sequential, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, n)).astype(dtype)
     a = rng.uniform(0.9, 0.9999, (2, n)).astype(dtype) if varying else float(rng.uniform(0.9, 0.99999))
-    old = scan.BLOCK
-    scan.BLOCK = block
-    try:
+    with _method(block, sequential):
         got = scan.one_pole(xp.asarray(x), a if isinstance(a, float) else xp.asarray(a), y0=0.3)
-    finally:
-        scan.BLOCK = old
     want = scan.reference(None, a, (1.0 - np.asarray(a, dtype=np.float64)) * x, 0.3)
     assert got.dtype == dtype
     assert _err(got, want) <= TOL[dtype]
@@ -120,8 +128,8 @@ def test_empty_and_bad_input(xp):
         scan.reference(np.zeros(3), 0.5, op="sum")
 
 
-def test_one_pole_on_the_host_is_the_sequential_loop_and_chunks_join_exactly():
-    """The host path (scipy's lfilter) does the reference loop's float64 operations:
+def test_host_scans_are_the_sequential_loop_and_chunks_join_exactly():
+    """The host path (the compiled loop) does the reference loop's float64 operations:
     equal to it to the bit, and consecutive calls carrying y0 equal one call."""
     import numpy as np
 
@@ -137,3 +145,11 @@ def test_one_pole_on_the_host_is_the_sequential_loop_and_chunks_join_exactly():
     second = one_pole(x[:, 1234:], a, first[:, -1])
     assert np.array_equal(np.concatenate([first, second], axis=1), whole)
     assert one_pole(x.astype(np.float32), a).dtype == np.float32
+    # the release form the limiter and the multiband use, split at an arbitrary sample
+    t = np.abs(rng.standard_normal((2, 7000)))
+    b = t * 0.01
+    whole = scan.affine_max_scan(t, 0.99, b, 0.25)
+    assert np.array_equal(whole, reference(t, 0.99, b, 0.25, "max"))
+    head = scan.affine_max_scan(t[:, :2999], 0.99, b[:, :2999], 0.25)
+    tail = scan.affine_max_scan(t[:, 2999:], 0.99, b[:, 2999:], head[:, -1])
+    assert np.array_equal(np.concatenate([head, tail], axis=1), whole)

@@ -73,6 +73,19 @@ def test_convolve_stream_matches_whole(xp, case, split):
     _assert_same(_streamed(lambda: ConvolveStream(h, 2, n), x, SPLITS[split]), want)
 
 
+@pytest.mark.parametrize("split", ["irregular", "whole"])
+@pytest.mark.parametrize("n", [LONG, SHORT])
+def test_convolve_stream_bank_mode_is_the_broadcast_convolution(xp, n, split):
+    """bank=True: a (B, M) bank on every channel, rows c * B + b, equal to
+    fftconvolve(x[:, None, :], bank) (the crossover's form) on both plans."""
+    x = _signal(xp, 2, n, seed=3)
+    bank = xp.asarray(_decaying_ir((4,), 2009, seed=4).astype(np.float32))
+    want = fftconvolve(x[:, None, :], bank).reshape(8, -1)
+    _assert_same(_streamed(lambda: ConvolveStream(bank, 2, n, bank=True), x, SPLITS[split]), want)
+    with pytest.raises(ValueError, match="does not fit"):
+        ConvolveStream(np.ones(5), 2, 10, bank=True)
+
+
 def test_convolve_stream_crops_and_promotes(xp):
     """A window [offset, offset+length) of the full convolution; float32 * float64 -> float64."""
     x = _signal(xp, 2, LONG, seed=2)
