@@ -53,6 +53,17 @@ WORKER_MEMORY_FRACTION = 0.85
 # Threads per GPU worker when not told: enough to overlap host and device work.
 DEFAULT_GPU_THREADS = 4
 DEFAULT_DASHBOARD_PORT = 8787
+# glibc malloc in the worker processes, set in their environment before they start
+# (glibc reads it once; Dask's nanny sets its own MALLOC_TRIM_THRESHOLD_ the same way,
+# which these replace). By default every array over 32 MB is a fresh mmap, and task
+# threads allocate from per-thread arenas that cannot hold one either, so each of the
+# chain's many 10-200 MB temporaries is page-faulted in and zeroed again: on a 2-core
+# VM the master chain took 9.0-9.8 s per 4-min track with the defaults and 6.7-7.3 s
+# with these (one arena, arrays up to 1 GiB from the heap, freed memory kept for the
+# next pass). farm.render gives the heap back between tracks (malloc_trim), so a
+# worker's memory still falls when it is idle. deploy/launch.sh exports the same.
+WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+                     "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 GPU = "GPU"  # the resource label GPU workers advertise and GPU tasks ask for
 
 
@@ -219,6 +230,7 @@ def cluster_info(client, *, embedded: bool, dashboard_link: str | None = None) -
 
 
 def _local_cluster(plan: WorkerPlan, dashboard: bool | str, allowed_failures: int | None):
+    import dask
     from distributed import LocalCluster
 
     env = {"FARM_FFT_WORKERS": str(plan.fft_workers)}
@@ -226,6 +238,14 @@ def _local_cluster(plan: WorkerPlan, dashboard: bool | str, allowed_failures: in
     if allowed_failures is not None:
         scheduler_kwargs["allowed_failures"] = int(allowed_failures)
     resources = {GPU: 1} if plan.gpu else None
+    # Read by each Nanny when it is made (the GPU workers below are made after the
+    # constructor), and applied before the worker process is spawned.
+    spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ", default={}), **WORKER_MALLOC_ENV}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+        return _start_local_cluster(LocalCluster, plan, dashboard, env, scheduler_kwargs, resources)
+
+
+def _start_local_cluster(LocalCluster, plan: WorkerPlan, dashboard, env, scheduler_kwargs, resources):
     cluster = LocalCluster(
         host="127.0.0.1",  # loopback only: nothing outside this machine may submit work
         n_workers=0 if plan.gpu else plan.n_workers,

@@ -11,7 +11,9 @@ partial or out-of-spec file.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -149,9 +151,29 @@ def _matched(task: RenderTask, chain, reference):
 def render_track(task: RenderTask | RenderGroup) -> TrackResult | list[TrackResult]:
     """Master one track as ``task`` says; always returns a record (a list of
     records, one per member, for a :class:`~farm.records.RenderGroup`)."""
-    if isinstance(task, RenderGroup):
-        return render_group(task)
-    return _render_guarded(task)
+    try:
+        if isinstance(task, RenderGroup):
+            return render_group(task)
+        return _render_guarded(task)
+    finally:
+        release_heap()
+
+
+def release_heap() -> None:
+    """Give the C heap's free memory back to the OS (glibc ``malloc_trim``; nothing
+    elsewhere): the workers keep freed memory for reuse within a track
+    (:data:`farm.cluster.WORKER_MALLOC_ENV`), and between tracks it goes back."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
 
 
 def render_group(group: RenderGroup) -> list[TrackResult]:

@@ -299,8 +299,32 @@ def _single_fft(xp, a, b, combine):
     return f.irfft(spec, size)[..., :full]
 
 
+def fftconvolve_frames(in1, in2):
+    """The full convolution of :func:`fftconvolve` as a (..., frames, hop) view
+    whose flat sample ``k = frame * hop + i`` is output sample ``k`` (the
+    ``n + m - 1`` first are the convolution, the rest the frames' spare tail),
+    and the full length. The same values, bit for bit, without the copy that
+    joins the frames into one time axis: for a reduction over the leading axes
+    (a peak detector) that copy costs as much as the inverse FFTs."""
+    xp = backend.array_module(in1)
+    a, b, _ = _as_real(xp, in1, in2)
+    n, m = a.shape[-1], b.shape[-1]
+    size = block_size(n, m) if n >= m else None
+    if size is None:  # one FFT (or the inputs swapped): already one time axis
+        return fftconvolve(in1, in2)[..., None, :], n + m - 1
+    return _overlap_save_frames(xp, a, b, size, lambda s, h: _multiply(s, h[..., None, :])), n + m - 1
+
+
 def _overlap_save(xp, a, b, size: int, combine):
-    """Full convolution of a long ``a`` (..., N) with ``b`` (..., M) by overlap-save.
+    """Full convolution of a long ``a`` (..., N) with ``b`` (..., M) by overlap-save."""
+    out = _overlap_save_frames(xp, a, b, size, combine)
+    full = a.shape[-1] + b.shape[-1] - 1
+    return out.reshape(out.shape[:-2] + (out.shape[-2] * out.shape[-1],))[..., :full]
+
+
+def _overlap_save_frames(xp, a, b, size: int, combine):
+    """Overlap-save of a long ``a`` (..., N) with ``b`` (..., M): the frames'
+    outputs (..., frames, hop), a view of the inverse FFTs.
 
     Frame k holds padded samples [k*hop, k*hop + size) of ``[zeros(M-1), a,
     zeros]``; after the circular convolution its last ``hop`` samples are
@@ -322,8 +346,7 @@ def _overlap_save(xp, a, b, size: int, combine):
     del blocks
     spec = combine(f.rfft(framed, size), f.rfft(b, size))
     del framed
-    out = f.irfft(spec, size)[..., m - 1:]
-    return out.reshape(out.shape[:-2] + (frames * hop,))[..., :full]
+    return f.irfft(spec, size)[..., m - 1:]
 
 
 def _crop(full, n: int, m: int, mode: str):

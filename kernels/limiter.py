@@ -76,7 +76,7 @@ from typing import Any
 import numpy as np
 
 from . import backend
-from .convolve import fftconvolve
+from .convolve import fftconvolve, fftconvolve_frames
 from .oversample import HALF_TAPS, phase_bank
 from .params import LimiterParams
 from .scan import affine_max_scan
@@ -307,15 +307,17 @@ def envelope_chunk(xp, xw, off: int, s: int, e: int, n: int, bank, factors, curv
     streamed window, so the result is the same to the bit."""
     h = HALF_TAPS
     lo, hi = max(0, s - h), min(n, e + h)
-    # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); signal sample i sits at column i - lo + H
-    full = fftconvolve(xw[:, None, lo - off:hi - off], bank, mode="full")
     core = xw[:, s - off:e - off]
     if curvature:
+        # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); signal sample i sits at column i - lo + H
+        full = fftconvolve(xw[:, None, lo - off:hi - off], bank, mode="full")
         nxt = xw[:, s + 1 - off:min(n, e + 1) - off]
         return _curved_peak(xp, core, nxt, full[..., s - lo + h - 1:e - lo + h], factors[0], curvature, gate)
-    ph = full[..., s - lo + h:e - lo + h]
-    xp.abs(ph, out=ph)
-    m = ph.max(axis=(0, 1))
+    # The same convolution left in its overlap-save frames: the peak over channels
+    # and phases is taken there and only the (frames, hop) result joined into one axis.
+    frames, _ = fftconvolve_frames(xw[:, None, lo - off:hi - off], bank)
+    xp.abs(frames, out=frames)
+    m = frames.max(axis=(0, 1)).reshape(-1)[s - lo + h:e - lo + h]
     xp.maximum(m, xp.abs(core).max(axis=0), out=m)
     return m
 

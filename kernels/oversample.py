@@ -15,7 +15,7 @@ import functools
 import numpy as np
 
 from . import backend
-from .convolve import fftconvolve
+from .convolve import fftconvolve, fftconvolve_frames
 
 HALF_TAPS = 32  # input samples each side of the centre
 PEAK_CHUNK_CPU = 1 << 17  # base samples per peak chunk: cache-sized FFT batches on the host
@@ -88,10 +88,12 @@ def true_peak(x, factor: int):
     for s in range(0, n, chunk):  # a loop over chunks of ~10^5-10^6 samples, not over samples
         e = min(n, s + chunk)
         lo, hi = max(0, s - h), min(n, e + h)
-        # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); input sample i sits at column i - lo + H
-        full = fftconvolve(x[:, None, lo:hi].astype(dtype, copy=False), bank, mode="full")
-        ph = full[..., s - lo + h:e - lo + h]
-        peaks.append(xp.abs(ph).max())
+        # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); input sample i sits at column i - lo + H.
+        # Left in its overlap-save frames: the peak over channels and phases is taken
+        # there, and only that (frames, hop) result is joined into one time axis.
+        frames, _ = fftconvolve_frames(x[:, None, lo:hi].astype(dtype, copy=False), bank)
+        xp.abs(frames, out=frames)
+        peaks.append(frames.max(axis=(0, 1)).reshape(-1)[s - lo + h:e - lo + h].max())
     return xp.max(xp.stack(peaks))
 
 

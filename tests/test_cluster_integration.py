@@ -114,12 +114,21 @@ def test_task_of_a_sigkilled_worker_is_rerun_on_the_other_worker(tmp_path):
         assert procs.procs[killed["name"]].wait(5) == -signal.SIGKILL
 
 
+def _initial_environ() -> set[str]:
+    with open("/proc/self/environ", "rb") as f:
+        return {v.decode(errors="replace") for v in f.read().split(b"\0") if v}
+
+
 def test_embedded_cpu_cluster_sized_and_runs_tasks(tmp_path):
     with open_client(backend="cpu", n_workers=1, dashboard=False) as (client, info):
         assert info.embedded and info.n_workers == 1 and not info.gpu and info.task_resources is None
         assert info.address.startswith("tcp://127.0.0.1:")
         env = client.run(dask_procs.env_var, "FARM_FFT_WORKERS")
         assert list(env.values()) == [str(cluster._cores())]  # one worker: it gets every core's FFT threads
+        # glibc's malloc settings were in the worker process's environment when it started
+        # (/proc/self/environ is the environment it was exec'd with; later changes do not show)
+        for initial in client.run(_initial_environ).values():
+            assert {f"{k}={v}" for k, v in cluster.WORKER_MALLOC_ENV.items()} <= initial
         results = run_tasks(client, _tasks(tmp_path, ["a", "b"]), task_fn=echo_task, progress=False)
     assert [r.ok for r in results] == [True, True]
 
@@ -135,6 +144,8 @@ def test_embedded_gpu_layout_pins_one_worker_per_device(monkeypatch):
         assert info.task_resources == {"GPU": 0.5}  # two threads share each GPU
         devices = client.run(dask_procs.env_var, "CUDA_VISIBLE_DEVICES")
         assert sorted(devices.values()) == ["0,1", "1,0"]
+        for initial in client.run(_initial_environ).values():  # the GPU workers are made after the constructor
+            assert {f"{k}={v}" for k, v in cluster.WORKER_MALLOC_ENV.items()} <= initial
         assert {w["name"] for w in info.workers} == {"gpu-0", "gpu-1"}
 
 

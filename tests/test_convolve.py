@@ -166,3 +166,21 @@ def test_mimo_shape_errors(xp):
         convolve_mimo(xp.asarray(np.ones((2, 10))), xp.asarray(np.ones((2, 3, 5))))
     with pytest.raises(ValueError, match="C_in"):
         convolve_mimo(xp.asarray(np.ones((2, 10))), xp.asarray(np.ones((2, 5))))
+
+
+@pytest.mark.parametrize("n, m", [(200_000, 65), (3000, 65), (40, 65), (100_000, 2001)])
+def test_frames_view_is_the_full_convolution(xp, n, m):
+    """fftconvolve_frames: flat sample k of the (..., frames, hop) view is full-convolution
+    sample k, the same values as fftconvolve bit for bit (overlap-save, one FFT, and a
+    signal shorter than the filter)."""
+    rng = np.random.default_rng(n + m)
+    x = xp.asarray(rng.standard_normal((2, 1, n)).astype(np.float32))
+    bank = xp.asarray(rng.standard_normal((3, m)).astype(np.float32))
+    frames, full = convolve.fftconvolve_frames(x, bank)
+    assert full == n + m - 1 and frames.shape[:2] == (2, 3) and frames.shape[-2] * frames.shape[-1] >= full
+    flat = backend.to_host(frames).reshape(2, 3, -1)[..., :full]
+    want = backend.to_host(fftconvolve(x, bank))
+    if xp is np:
+        np.testing.assert_array_equal(flat, want)
+    else:
+        np.testing.assert_allclose(flat, want, rtol=0, atol=1e-5 * np.abs(want).max())

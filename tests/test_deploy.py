@@ -29,6 +29,8 @@ import pytest
 import soundfile as sf
 import yaml
 
+from farm.cluster import WORKER_MALLOC_ENV
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "deploy")
 LAUNCH = os.path.join(DEPLOY, "launch.sh")
@@ -207,6 +209,23 @@ def test_cpu_workers_and_usage_errors():
     assert argv[argv.index("--nworkers") + 1] == "2" and argv[argv.index("--nthreads") + 1] == "1"
     assert any(a.startswith("FARM_FFT_WORKERS=") for a in argv) and "--resources" not in argv
     assert argv[argv.index("--dashboard-address") + 1] == "127.0.0.1:0"
+    # the workers' malloc is tuned as the embedded cluster's, with the same values
+    assert {f"{k}={v}" for k, v in WORKER_MALLOC_ENV.items()} <= set(argv)
+    with open(os.path.join(DEPLOY, "k8s", "daskcluster.yaml"), encoding="utf-8") as f:
+        docs = list(yaml.safe_load_all(f))
+
+    def envs(node):  # every container env list in the manifests
+        if isinstance(node, dict):
+            if isinstance(node.get("env"), list):
+                yield {e["name"]: e.get("value") for e in node["env"]}
+            for v in node.values():
+                yield from envs(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from envs(v)
+
+    workers = [e for e in envs(docs) if "FARM_FFT_WORKERS" in e]
+    assert workers and all(WORKER_MALLOC_ENV.items() <= e.items() for e in workers)
     for args, message in ((("workers", "tls://h:8786", "--cpu", "1"), "give --tls DIR"),
                           (("workers", "tcp://h:8786", "--cpu", "1", "--tls", "/nonexistent"), "needs a tls://"),
                           (("workers", "tls://h:8786", "--cpu", "1", "--tls", "/nonexistent"), "cannot read"),

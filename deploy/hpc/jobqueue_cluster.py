@@ -43,7 +43,9 @@ def make_cluster(args):
     worker_args = ["--resources", "GPU=1"] if gpu else []
     # One worker process per job with `cores` threads (dask-jobqueue: threads = cores / processes),
     # so each thread's FFTs run single-threaded and the job's cores are not oversubscribed.
-    env = ["export FARM_FFT_WORKERS=1"]
+    from farm.cluster import WORKER_MALLOC_ENV  # glibc malloc tuned as on every farm worker
+
+    env = ["export FARM_FFT_WORKERS=1"] + [f"export {k}={v}" for k, v in WORKER_MALLOC_ENV.items()]
     python = os.path.join(args.venv, "bin", "python") if args.venv else sys.executable
     common = dict(
         cores=args.cores,               # CPU cores reserved per job
