@@ -237,7 +237,8 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
     gpu_mb = budget.gpu_budget_mb(task.gpu_memory_budget_mb) if name != "cpu" else None
     if budget.should_stream(frames, head.channels, budget_mb) or budget.device_should_stream(
             frames, head.channels, gpu_mb):
-        return _render_streamed(task, head, budget_mb, name, timings, t_start)
+        with backend.track_stream(name):  # this worker thread's own CUDA stream (nothing on the CPU)
+            return _render_streamed(task, head, budget_mb, name, timings, t_start)
     source = {} if source is None else source
     t = time.perf_counter()
     if "dec" not in source:  # a group's first member decodes and measures for all
@@ -408,13 +409,16 @@ def _run_chain(x: np.ndarray, rate: int, chain, ir, name: str, timings: dict, re
     """The chain on backend ``name``: (MasterResult, mastered audio on the host);
     sets ``timings`` "upload" and "chain" (a fallback's run overwrites them).
     ``reference``: the match's ReferenceProfile (see _load_reference)."""
-    t0 = time.perf_counter()
-    dev = backend.to_device(x, name)
-    t1 = time.perf_counter()
-    # a group's shared outputs live on the backend they were made on: key them by it too
-    cache = None if shared is None else shared.setdefault(name, {})
-    res = master(dev, rate, chain, ir=ir, reference=reference, shared=cache)
-    mastered = backend.to_host(res.audio)
+    # On a GPU the copies and the chain run on this worker thread's own CUDA stream,
+    # so the worker's other threads (decoding, encoding, their own chains) overlap it.
+    with backend.track_stream(name):
+        t0 = time.perf_counter()
+        dev = backend.to_device(x, name)
+        t1 = time.perf_counter()
+        # a group's shared outputs live on the backend they were made on: key them by it too
+        cache = None if shared is None else shared.setdefault(name, {})
+        res = master(dev, rate, chain, ir=ir, reference=reference, shared=cache)
+        mastered = backend.to_host(res.audio)
     timings.update(upload=round(t1 - t0, 4), chain=round(time.perf_counter() - t1, 4))
     return res, mastered
 

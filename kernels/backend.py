@@ -9,8 +9,10 @@ per-track render, never inside a kernel.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -79,18 +81,81 @@ def is_device(x) -> bool:
     return array_module(x) is not np
 
 
+# Host<->device copies of at least this many bytes go through the thread's pinned
+# staging buffers (page-locked memory: the DMA engine reads it directly, at full PCIe/
+# NVLink rate and asynchronously to other threads' work); smaller ones (a peak, a
+# loudness) are not worth a staging copy.
+PINNED_MIN_BYTES = 1 << 20
+_local = threading.local()  # per worker thread: its CUDA stream and staging buffers
+
+
+@contextlib.contextmanager
+def track_stream(backend: str = "auto"):
+    """The calling thread's own non-blocking CUDA stream, current inside the block;
+    nothing on the CPU. Yields the stream (or None).
+
+    A GPU worker runs a track per thread (``farm.cluster``: up to 4 threads per
+    GPU), so that one track's decode and encode on the CPU overlap another's device
+    work. On the legacy default stream their kernels and copies would serialise,
+    and each host synchronisation (the limiter check reads a peak) would wait for
+    every thread's work; with a stream per thread it waits for its own. CuPy's
+    current stream is per thread, and its memory pool and cuFFT plans follow it.
+    """
+    if resolve(backend) != "gpu":
+        yield None
+        return
+    stream = getattr(_local, "stream", None)
+    if stream is None:
+        stream = _local.stream = _cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        yield stream
+
+
+def _staging(key: str, shape, dtype) -> np.ndarray:
+    """This thread's pinned host buffer ``key`` viewed as ``shape``/``dtype`` (grown when short)."""
+    import cupyx
+
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = getattr(_local, key, None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = cupyx.empty_pinned((max(nbytes, 1),), dtype=np.uint8)
+        setattr(_local, key, buf)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
 def to_device(x, backend: str = "auto"):
-    """Move a host array to the backend's memory (a no-op for the CPU)."""
-    if resolve(backend) == "gpu":
+    """Move a host array to the backend's memory (a no-op for the CPU).
+
+    On the GPU a large array goes through this thread's pinned staging buffer,
+    copied on the current stream (:func:`track_stream`); the buffer is reused
+    only after that copy has finished (an event recorded after it)."""
+    if resolve(backend) != "gpu":
+        return np.asarray(x)
+    x = np.ascontiguousarray(x)
+    if x.nbytes < PINNED_MIN_BYTES:
         return _cupy.asarray(x)
-    return np.asarray(x)
+    done = getattr(_local, "upload_done", None)
+    if done is not None:
+        done.synchronize()  # the previous upload from the staging buffer has left it
+    staged = _staging("upload_buf", x.shape, x.dtype)
+    np.copyto(staged, x)
+    out = _cupy.empty(x.shape, dtype=x.dtype)
+    out.set(staged)  # asynchronous from page-locked memory, on the current stream
+    _local.upload_done = _cupy.cuda.get_current_stream().record()
+    return out
 
 
 def to_host(x) -> np.ndarray:
-    """Return ``x`` as a NumPy array (copies device arrays to the host)."""
-    if is_device(x):
+    """Return ``x`` as a NumPy array (copies device arrays to the host; a large
+    one through this thread's pinned buffer, synchronising the current stream)."""
+    if not is_device(x):
+        return np.asarray(x)
+    if x.nbytes < PINNED_MIN_BYTES:
         return _cupy.asnumpy(x)
-    return np.asarray(x)
+    x = _cupy.ascontiguousarray(x)
+    staged = _staging("download_buf", x.shape, x.dtype)
+    x.get(out=staged)  # waits for the current stream, then the copy
+    return staged.copy()
 
 
 def float_audio(x, name: str):
