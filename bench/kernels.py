@@ -493,6 +493,8 @@ def main(argv=None) -> int:
     else:
         print("# GPU: none (CuPy missing or no CUDA device): GPU figures not measured")
     m = loudness.measure(material(args.seconds, args.rate, args.flat), args.rate)
+    print("# malloc as on the farm's workers: " + " ".join(
+        f"{k}={os.environ.get(k)}" for k in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")))
     print(f"# material: {'flat loop' if args.flat else 'arranged'}, {m.integrated_lufs:.1f} LUFS, "
           f"LRA {m.loudness_range_lu:.1f} LU, {m.true_peak_dbtp:.1f} dBTP")
     gpu_repeat = args.gpu_repeat or args.repeat
@@ -505,4 +507,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from farm.cluster import WORKER_MALLOC_ENV
+
+    if any(os.environ.get(k) != v for k, v in WORKER_MALLOC_ENV.items()):
+        # glibc reads these at start: run again as a farm worker runs (farm.cluster.WORKER_MALLOC_ENV)
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **WORKER_MALLOC_ENV})
     sys.exit(main())

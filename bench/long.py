@@ -77,7 +77,10 @@ def render_in_child(src: str, workdir: str, preset: str, budget: int) -> dict:
         f.write(f"file,title,artist\n{src},{name},Bench\n")
     out = os.path.join(workdir, f"out-{name}")
     code = CHILD.format(root=os.path.abspath(ROOT), catalog=catalog, preset=preset, out=out, budget=budget)
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    from farm.cluster import WORKER_MALLOC_ENV  # the child runs as a farm worker would
+
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, **WORKER_MALLOC_ENV})
     if p.returncode != 0:
         raise SystemExit(f"render of {src} crashed:\n{p.stderr[-3000:]}")
     doc = json.loads(p.stdout.strip().splitlines()[-1])
