@@ -253,13 +253,15 @@ class SideStream:
                     hz, db, self.peaks.result())
 
 
-def side_from_array(x, sample_rate: int) -> Side:
-    """:class:`Side` of a whole signal ``(channels, samples)`` held in memory."""
+def side_from_array(x, sample_rate: int, short_term_lufs=None) -> Side:
+    """:class:`Side` of a whole signal ``(channels, samples)`` held in memory;
+    ``short_term_lufs``: its series if the caller measured it already
+    (:func:`kernels.loudness.measure_with_short_term`), else computed here."""
     x = np.asarray(backend.to_host(x))
     x = x.reshape(1, -1) if x.ndim == 1 else x
     s = SideStream(sample_rate, x.shape[0])
     s.push(x)
-    return s.finish(meter.short_term(x, sample_rate))
+    return s.finish(meter.short_term(x, sample_rate) if short_term_lufs is None else short_term_lufs)
 
 
 # ---------------------------------------------------------------- decimation and the JSON file
@@ -337,7 +339,8 @@ def write_track_data(task, res, before, after) -> str | None:
     path relative to the master's folder, or None (logged) if it could not be made.
 
     ``before``/``after``: a :class:`Side`, a :class:`SideStream` to finish,
-    ``(array, sample_rate)`` to compute one from, or None (no such signal).
+    ``(array, sample_rate[, short-term series])`` to compute one from
+    (:func:`side_from_array`), or None (no such signal).
     """
     from .report import atomic_write
 

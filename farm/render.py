@@ -41,9 +41,11 @@ def _round(v, nd=2):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(float(v), nd)
 
 
-def _stats(x, rate) -> dict:
-    """Every R128 measurement of ``x`` (LoudnessStats' fields), rounded to 0.01 for the report."""
-    return _rounded(meter.measure(x, rate))
+def _stats(x, rate) -> tuple[dict, np.ndarray]:
+    """Every R128 measurement of ``x`` (LoudnessStats' fields), rounded to 0.01 for the
+    report, and its short-term loudness series for the report's plots (same pass)."""
+    stats, short_term = meter.measure_with_short_term(x, rate)
+    return _rounded(stats), short_term
 
 
 def _rounded(stats) -> dict:
@@ -245,12 +247,12 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
         dec = audio.decode(src)
         t = lap("decode", t)
         _check_length(src, dec.duration_s)
-        before = _stats(dec.audio, dec.sample_rate)
+        before, before_st = _stats(dec.audio, dec.sample_rate)
         t = lap("measure_input", t)
         if before["integrated_lufs"] is None:
             raise UnmeasurableError("silent (nothing above the -70 LUFS absolute gate): nothing to master")
-        source.update(dec=dec, before=before)
-    dec, before = source["dec"], dict(source["before"])
+        source.update(dec=dec, before=before, before_st=before_st)
+    dec, before, before_st = source["dec"], dict(source["before"]), source["before_st"]
 
     bit_depth = out_spec.bit_depth or dec.native_bit_depth
     if ("x", rate) not in source:
@@ -277,10 +279,12 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
         tags.write_tags(tmp, task.track.tags, loudness=loud_tags)
         t = lap("tag", t)
         check = audio.decode(tmp)
-        after = _stats(check.audio, check.sample_rate)
+        after, after_st = _stats(check.audio, check.sample_rate)
         checks, problems = _validate(task, dec, check, after, rate, bit_depth, check.audio)
-        # the report's plot series (farm.plots) of the input and the delivered file, pass or fail
-        plot_data = _plot_data(task, res, (dec.audio, dec.sample_rate), (check.audio, check.sample_rate), timings)
+        # the report's plot series (farm.plots) of the input and the delivered file, pass or fail;
+        # their short-term loudness comes from the measurements above
+        plot_data = _plot_data(task, res, (dec.audio, dec.sample_rate, before_st),
+                               (check.audio, check.sample_rate, after_st), timings)
         return dataclasses.replace(_publish(task, tmp, res, before, after, checks, problems, name, timings,
                                             t_start, t), plot_data=plot_data)
 

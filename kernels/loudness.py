@@ -528,19 +528,29 @@ def measure(x, sample_rate: int, true_peak_factor: int = 4,
     Raises ``ValueError`` for a bad shape, sample rate, weights, or NaN/inf
     samples; silence and too-short input give ``None`` fields instead.
     """
+    return measure_with_short_term(x, sample_rate, true_peak_factor, channel_weights)[0]
+
+
+def measure_with_short_term(x, sample_rate: int, true_peak_factor: int = 4,
+                            channel_weights: tuple[float, ...] | None = None):
+    """``(measure(x), short_term(x))`` from one K-weighting pass: the short-term
+    series (LUFS every :data:`HOP_S` on ``x``'s device, the windows the LRA is
+    computed from) is the same to the bit as :func:`short_term`'s, so a report
+    that plots it needs no second pass over the signal."""
     rate = _check_rate(sample_rate)
     xp, x = _as_2d(x)
     if x.shape[-1] == 0:
-        return LoudnessStats(None, None, None, None, None, None)
+        return LoudnessStats(None, None, None, None, None, None), xp.zeros(0, dtype=xp.float64)
     c = _cumsum0(weighted_power(x, rate, channel_weights))
     i_sum, i_count = _gated_sums(_window_energies(c, rate, BLOCK_S, HOP_S),
                                  ABSOLUTE_GATE_LUFS, RELATIVE_GATE_LU)
-    lra, lra_count = _lra_device(_window_energies(c, rate, SHORT_TERM_S, HOP_S))
+    z_short = _window_energies(c, rate, SHORT_TERM_S, HOP_S)
+    lra, lra_count = _lra_device(z_short)
     m_max, _ = _max_energy(c, rate, BLOCK_S)
     s_max, _ = _max_energy(c, rate, SHORT_TERM_S)
     tp = true_peak(x, true_peak_factor)
     sp = xp.abs(x).max()
-    return _stats(i_sum, i_count, lra, lra_count, m_max, s_max, tp, sp)
+    return _stats(i_sum, i_count, lra, lra_count, m_max, s_max, tp, sp), energy_to_lufs(z_short)
 
 
 def _stats(i_sum, i_count, lra, lra_count, m_max, s_max, tp, sp) -> LoudnessStats:

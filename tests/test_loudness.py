@@ -310,6 +310,12 @@ def test_measure_is_consistent_with_the_separate_functions(xp):
     assert s.sample_peak_dbfs == pytest.approx(L.sample_peak_dbfs(x), abs=1e-9)
     assert set(s.to_dict()) == {"integrated_lufs", "loudness_range_lu", "true_peak_dbtp",
                                 "max_momentary_lufs", "max_short_term_lufs", "sample_peak_dbfs"}
+    # the same pass also gives the short-term series, bit for bit short_term()'s
+    s2, st = L.measure_with_short_term(x, RATE)
+    assert s2 == s
+    np.testing.assert_array_equal(backend.to_host(st), backend.to_host(L.short_term(x, RATE)))
+    empty, none = L.measure_with_short_term(x[:, :0], RATE)
+    assert empty.integrated_lufs is None and none.shape == (0,)
 
 
 def test_backends_agree(xp):
