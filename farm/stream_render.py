@@ -225,12 +225,12 @@ def master_streamed(reader, rate: int, chain: ChainParams, ir, sink, *, block: i
             """2. one loudness pass: gain, unchecked limiter, measure; spill the gain."""
             t0 = time.perf_counter()
             gs = gain_spills.enter_context(spill(spill_beside, 1))
-            ls = LimiterStream(work, rate, channels, ny, gain_sink=gs.write)
+            ls = LimiterStream(work, rate, channels, ny, gain_sink=gs.write, gain_db=gain_db)
             meter = LoudnessMeter(rate, channels, what="integrated") if measuring else None
             done = 0
             for y in pre_spill.blocks(block):
                 y = dev(y)
-                out = ls.push(apply_gain(y, gain_db))
+                out = ls.push(y)  # the stream applies the static gain (and detects on y, as limit() does)
                 if meter is not None:
                     meter.push(out)
                 done += y.shape[-1]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import backend, dither, dynamics, eq, limiter, loudness, oversample, reverb
+from .limiter import apply_gain  # the loop's static gain (also the streamed render's)
 from .params import (ChainParams, CompressorParams, DitherParams, EQParams, LimiterParams, MultibandParams,
                      ReverbParams, SaturationParams)
 
@@ -347,13 +348,6 @@ def loudness_loop(start_lufs: float | None, params: ChainParams, trial) -> LoopO
     raise AssertionError("unreachable: max_passes >= 1")
 
 
-def apply_gain(y, gain_db: float):
-    """``y`` times the loop's static gain as a float32 scalar (``y`` itself at 0 dB):
-    the one place the whole-signal and the streamed loop scale their input, so
-    both make the same samples."""
-    return y * np.float32(10.0 ** (gain_db / 20.0)) if gain_db != 0.0 else y
-
-
 def needs_loop(params: ChainParams) -> bool:
     """False when nothing after the shared stages runs (no target, no limiter, no quantizer)."""
     dp = params.dither
@@ -376,20 +370,20 @@ def _target_loop(xp, y, rate: int, params: ChainParams, seconds: dict) -> Master
     measuring = not params.loudness.bypass and params.loudness.target_lufs is not None
     start = timed("loudness", loudness.integrated_loudness, y, rate) if measuring else None
     work = working_limiter(params)
+    detection = limiter.Detection(y, work.oversample)  # interpolated once, for every trial's gain
     kept = {}
 
     def trial(gain_db: float):
         """One unchecked limiter pass at ``gain_db``, measured; the 16x check runs once, on the pass kept.
         The loop runs on the float signal: dither adds noise ~90 dB below the
         programme, which moves integrated loudness by far less than 0.001 LU."""
-        gained = apply_gain(y, gain_db)
-        res = timed("limiter", limiter.limit, gained, rate, work, False)
-        kept.update(gained=gained, res=res)
+        res = timed("limiter", limiter.limit, y, rate, work, False, gain_db, detection)
+        kept.update(gain_db=gain_db, res=res)
         level = timed("loudness", loudness.integrated_loudness, res.audio, rate) if measuring else None
         return level, res.max_gain_reduction_db
 
     loop = loudness_loop(start, params, trial)
-    res = timed("limiter", limiter.check, kept["gained"], kept["res"], rate, work)
+    res = timed("limiter", limiter.check, apply_gain(y, kept["gain_db"]), kept["res"], rate, work)
     trace = ReductionTrace(rate)
     if not lim.bypass:
         trace.push(res.gain)

@@ -20,10 +20,13 @@ samples ``n`` and ``n+1`` is then charged to both neighbours, the two samples
 whose gains shape the waveform there. Every oversampled point ``y[k]`` also
 gets ``CURVATURE * |y[k-1] - 2 y[k] + y[k+1]|`` added, a bound on how far
 the waveform can still rise between points (exact for sinusoids up to
-Nyquist, see :data:`CURVATURE`) wherever the point itself is already over
-the ceiling (so input that is under it still reads exactly and passes
-untouched); it makes the first pass hold the ceiling at 16x too in practice,
-so the final check rarely has anything to correct.
+Nyquist, see :data:`CURVATURE`) in every base sample where a point is
+already over the ceiling (so input that is under it still reads exactly and
+passes untouched); it makes the first pass hold the ceiling at 16x too in
+practice, so the final check rarely has anything to correct. Both envelopes
+(with and without the term) scale with the signal, so the loudness loop's
+trials at different input gains interpolate the track once
+(:class:`Detection`, :func:`gated_envelope`).
 Phase 0 of the interpolator is the input itself, so only the other phases
 are computed, chunk by chunk (the oversampled track is never materialised).
 
@@ -127,31 +130,67 @@ class LimiterResult:
     trim_db: float = 0.0
 
 
-def limit(x, sample_rate: float, params: LimiterParams, check: bool = True) -> LimiterResult:
-    """Limit ``x`` (channels, samples) so its true peak is <= ``params.ceiling_dbtp``.
+def limit(x, sample_rate: float, params: LimiterParams, check: bool = True, gain_db: float = 0.0,
+          detection: "Detection | None" = None) -> LimiterResult:
+    """Limit ``apply_gain(x, gain_db)`` (channels, samples) so its true peak is
+    <= ``params.ceiling_dbtp``.
 
     See the module docstring for the design and the argument that the
-    ceiling holds. ``params.bypass`` returns ``x`` itself with unit gain.
-    ``check=False`` skips the final check-and-correct (``true_peak_dbtp`` is
-    then ``None``): a cheaper estimate for a loop that tries several input
-    gains; run :func:`check` on the result it keeps.
+    ceiling holds. ``params.bypass`` returns the gained input itself with unit
+    gain. ``check=False`` skips the final check-and-correct (``true_peak_dbtp``
+    is then ``None``): a cheaper estimate for a loop that tries several input
+    gains; run :func:`check` on the result it keeps. ``detection``: the
+    :class:`Detection` of ``x``, which several calls at different ``gain_db``
+    share (the detection of ``g x`` is ``g`` times that of ``x``, so the loudness
+    loop's trials interpolate the track once).
     """
     xp, x = backend.float_audio(x, "limit")
     if not sample_rate > 0:
         raise ValueError(f"sample_rate must be > 0 Hz, got {sample_rate!r}")
     n = x.shape[-1]
+    gained = apply_gain(x, gain_db)
     if params.bypass or n == 0 or x.shape[0] == 0:
-        return LimiterResult(audio=x, gain=xp.ones(n, dtype=x.dtype), max_gain_reduction_db=0.0,
+        return LimiterResult(audio=gained, gain=xp.ones(n, dtype=x.dtype), max_gain_reduction_db=0.0,
                              true_peak_dbtp=None)
 
     ceiling = 10.0 ** (params.ceiling_dbtp / 20.0) * (1.0 - MARGIN)
     lookahead, release = _timing(sample_rate, params)
-    env = peak_envelope(x, (params.oversample,), curvature=CURVATURE, gate=ceiling)
+    detection = detection if detection is not None else Detection(x, params.oversample)
+    if detection.x is not x or detection.factor != params.oversample:
+        raise ValueError("limit: the detection given was made for another signal or oversampling factor")
+    env = gated_envelope(*detection.pair(), gain_scale(gain_db), ceiling)
     gain = gain_curve(required_gain(env, ceiling), lookahead, release)
     if not check:
         gain_x = gain.astype(x.dtype)
-        return LimiterResult(audio=x * gain_x, gain=gain_x, max_gain_reduction_db=_reduction_db(gain_x))
-    return _check(x, gain, sample_rate, params)
+        return LimiterResult(audio=gained * gain_x, gain=gain_x, max_gain_reduction_db=_reduction_db(gain_x))
+    return _check(gained, gain, sample_rate, params)
+
+
+def gain_scale(gain_db: float):
+    """A static gain (dB) as the float32 factor :func:`apply_gain` multiplies by."""
+    return np.float32(10.0 ** (gain_db / 20.0))
+
+
+def apply_gain(y, gain_db: float):
+    """``y`` times a static gain as a float32 scalar (``y`` itself at 0 dB): the
+    one place the loudness loop scales its input, whole-signal or streamed, so
+    every path makes the same samples."""
+    return y * gain_scale(gain_db) if gain_db != 0.0 else y
+
+
+class Detection:
+    """The limiter's detection envelopes of one signal ``x`` (:func:`detection_pair`),
+    computed on first use and shared by every :func:`limit` of ``x`` at another
+    static gain."""
+
+    def __init__(self, x, factor: int):
+        self.x, self.factor = x, int(factor)
+        self._pair = None
+
+    def pair(self):
+        if self._pair is None:
+            self._pair = detection_pair(self.x, self.factor, CURVATURE)
+        return self._pair
 
 
 def check(x, result: LimiterResult, sample_rate: float, params: LimiterParams) -> LimiterResult:
@@ -275,22 +314,60 @@ def peak_envelope(x, factors: tuple[int, ...] = (4,), curvature: float = 0.0, ga
     the size of the oversampled track is allocated.
 
     ``curvature`` (one factor only) adds ``curvature * |y[k-1] - 2 y[k] + y[k+1]|``
-    to every oversampled point ``y[k]`` with ``|y[k]| > gate``: an estimate of
-    how far the waveform can rise between points (see :data:`CURVATURE`).
-    The limiter gates at its ceiling, so a signal whose points are all under
-    it reads exactly as without the term (and passes bit-identical).
+    to every oversampled point ``y[k]`` of the samples whose plain envelope is
+    over ``gate``: an estimate of how far the waveform can rise between points
+    (see :data:`CURVATURE`; :func:`gated_envelope`). The limiter gates at its
+    ceiling, so a signal whose points are all under it reads exactly as
+    without the term (and passes bit-identical).
     """
     xp = backend.array_module(x)
     n = x.shape[-1]
     if curvature and len(factors) != 1:
         raise ValueError("peak_envelope: curvature needs exactly one oversampling factor")
+    if curvature:
+        return gated_envelope(*detection_pair(x, factors[0], curvature), np.float32(1.0), gate)
     bank = xp.asarray(phase_bank(tuple(factors)), dtype=x.dtype)
     chunk = detect_chunk(xp)
     env = xp.empty(n, dtype=x.dtype)
     for s in range(0, n, chunk):  # a loop over chunks of ~2^17 samples, not over samples
         e = min(n, s + chunk)
-        env[s:e] = envelope_chunk(xp, x, 0, s, e, n, bank, factors, curvature, gate)
+        env[s:e] = envelope_chunk(xp, x, 0, s, e, n, bank, factors)
     return env
+
+
+def detection_pair(x, factor: int, curvature: float):
+    """The limiter's two detection envelopes of ``x`` (channels, samples):
+    ``e0[n]``, the plain per-sample peak of the ``factor``-times oversampled
+    points (:func:`peak_envelope`), and ``e1[n]``, the same with every point
+    raised by ``curvature`` times its second difference (``e1 >= e0``; the same
+    array when ``curvature`` is 0). Both scale exactly with the signal (up to
+    rounding), so one pair serves every static gain (:func:`gated_envelope`)."""
+    xp = backend.array_module(x)
+    n = x.shape[-1]
+    if not curvature:
+        e0 = peak_envelope(x, (factor,))
+        return e0, e0
+    bank = xp.asarray(phase_bank((factor,)), dtype=x.dtype)
+    chunk = detect_chunk(xp)
+    e0, e1 = xp.empty(n, dtype=x.dtype), xp.empty(n, dtype=x.dtype)
+    for s in range(0, n, chunk):  # a loop over chunks, not samples
+        e = min(n, s + chunk)
+        e0[s:e], e1[s:e] = pair_chunk(xp, x, 0, s, e, n, bank, factor, curvature)
+    return e0, e1
+
+
+def gated_envelope(e0, e1, scale, gate: float):
+    """The detection envelope of ``scale`` times the signal whose :func:`detection_pair`
+    is ``(e0, e1)``: ``scale * e1`` where ``scale * e0`` is over ``gate`` (a point
+    there is over the ceiling, so the curvature bound counts), else ``scale * e0``
+    (exact: input under the ceiling is left alone). ``scale`` is the float32
+    factor of :func:`gain_scale`. The gate is per base sample: every point of a
+    sample with one point over gets the bound (never less than gating per point)."""
+    xp = backend.array_module(e0)
+    if e1 is e0:
+        return e0 * scale
+    scaled0 = e0 * scale
+    return xp.where(scaled0 > gate, e1 * scale, scaled0)
 
 
 def detect_chunk(xp) -> int:
@@ -298,8 +375,7 @@ def detect_chunk(xp) -> int:
     return CHUNK_CPU if xp is np else CHUNK_GPU
 
 
-def envelope_chunk(xp, xw, off: int, s: int, e: int, n: int, bank, factors, curvature: float = 0.0,
-                   gate: float = 0.0):
+def envelope_chunk(xp, xw, off: int, s: int, e: int, n: int, bank, factors):
     """``env[s:e]`` of :func:`peak_envelope` for an ``n``-sample signal of which
     ``xw`` holds samples ``[off, off + xw.shape[-1])``, at least
     ``[max(0, s - HALF_TAPS), min(n, e + HALF_TAPS))``. The same slice of the
@@ -308,11 +384,6 @@ def envelope_chunk(xp, xw, off: int, s: int, e: int, n: int, bank, factors, curv
     h = HALF_TAPS
     lo, hi = max(0, s - h), min(n, e + h)
     core = xw[:, s - off:e - off]
-    if curvature:
-        # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); signal sample i sits at column i - lo + H
-        full = fftconvolve(xw[:, None, lo - off:hi - off], bank, mode="full")
-        nxt = xw[:, s + 1 - off:min(n, e + 1) - off]
-        return _curved_peak(xp, core, nxt, full[..., s - lo + h - 1:e - lo + h], factors[0], curvature, gate)
     # The same convolution left in its overlap-save frames: the peak over channels
     # and phases is taken there and only the (frames, hop) result joined into one axis.
     frames, _ = fftconvolve_frames(xw[:, None, lo - off:hi - off], bank)
@@ -322,10 +393,23 @@ def envelope_chunk(xp, xw, off: int, s: int, e: int, n: int, bank, factors, curv
     return m
 
 
-def _curved_peak(xp, core, nxt, ph, factor: int, kappa: float, gate: float):
-    """One chunk of the curvature-bounded envelope: ``core`` holds its base
-    samples, ``nxt`` the samples one later (one fewer at the signal's end),
-    ``ph`` phases 1..factor-1 from one base sample before the chunk on."""
+def pair_chunk(xp, xw, off: int, s: int, e: int, n: int, bank, factor: int, curvature: float):
+    """``(e0[s:e], e1[s:e])`` of :func:`detection_pair`, with ``xw`` holding
+    samples ``[off, ...)`` as in :func:`envelope_chunk` (and the same grid, so a
+    streamed window gives the whole signal's values to the bit)."""
+    h = HALF_TAPS
+    lo, hi = max(0, s - h), min(n, e + h)
+    core = xw[:, s - off:e - off]
+    # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); signal sample i sits at column i - lo + H
+    full = fftconvolve(xw[:, None, lo - off:hi - off], bank, mode="full")
+    nxt = xw[:, s + 1 - off:min(n, e + 1) - off]
+    return _curved_pair(xp, core, nxt, full[..., s - lo + h - 1:e - lo + h], factor, curvature)
+
+
+def _curved_pair(xp, core, nxt, ph, factor: int, kappa: float):
+    """One chunk of both detection envelopes: ``core`` holds its base samples,
+    ``nxt`` the samples one later (one fewer at the signal's end), ``ph`` phases
+    1..factor-1 from one base sample before the chunk on."""
     c, m = core.shape
     # The oversampled points in time order, with one neighbour on each side:
     # phase factor-1 of sample n-1, x[n], phases 1..factor-1 of n, x[n+1].
@@ -341,10 +425,9 @@ def _curved_peak(xp, core, nxt, ph, factor: int, kappa: float, gate: float):
     xp.abs(d, out=d)
     d *= kappa
     mid = xp.abs(z[:, 1:-1])
-    if gate > 0.0:
-        d *= mid > gate
+    e0 = mid.max(axis=(0, 1))
     mid += d
-    return mid.max(axis=(0, 1))
+    return e0, mid.max(axis=(0, 1))
 
 
 def required_gain(env, ceiling: float):
@@ -478,5 +561,5 @@ def _ramp(xp, g1, w: int):
     return out
 
 
-__all__ = ["check", "LimiterResult", "limit", "peak_envelope", "required_gain", "gain_curve",
-           "CHECK_FACTOR", "MARGIN"]
+__all__ = ["apply_gain", "check", "Detection", "LimiterResult", "limit", "peak_envelope", "detection_pair",
+           "gated_envelope", "gain_scale", "required_gain", "gain_curve", "CHECK_FACTOR", "MARGIN"]

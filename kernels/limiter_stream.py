@@ -30,8 +30,10 @@ import math
 import numpy as np
 
 from . import backend
-from .limiter import (ACCEPT, CHECK_FACTOR, CORRECTION_MARGIN, CURVATURE, MARGIN, MAX_CORRECTIONS, _timing,
-                      detect_chunk, envelope_chunk, gain_chunk, gain_grid, required_gain)
+from . import limiter
+from .limiter import (ACCEPT, CHECK_FACTOR, CORRECTION_MARGIN, MARGIN, MAX_CORRECTIONS, _timing, apply_gain,
+                      detect_chunk, envelope_chunk, gain_chunk, gain_grid, gain_scale, gated_envelope, pair_chunk,
+                      required_gain)
 from .oversample import HALF_TAPS, phase_bank
 from .params import LimiterParams
 from .stream import Streamer
@@ -95,11 +97,14 @@ class _Buf:
 
 
 class _Detector:
-    """The envelope of a signal buffer, chunk by chunk on the detection grid."""
+    """The envelope of a signal buffer, chunk by chunk on the detection grid; with
+    ``curvature``, the limiter's gated envelope of ``scale`` times the signal
+    (:func:`~kernels.limiter.pair_chunk`, :func:`~kernels.limiter.gated_envelope`)."""
 
-    def __init__(self, xp, n: int, dtype, factors, curvature: float = 0.0, gate: float = 0.0):
+    def __init__(self, xp, n: int, dtype, factors, curvature: float = 0.0, gate: float = 0.0, scale=None):
         self.xp, self.n, self.factors = xp, n, tuple(factors)
         self.curvature, self.gate = curvature, gate
+        self.scale = np.float32(1.0) if scale is None else scale
         self.bank = xp.asarray(phase_bank(self.factors), dtype=dtype)
         self.chunk = detect_chunk(xp)
         self.env = _Buf(xp, (), dtype)
@@ -113,8 +118,11 @@ class _Detector:
         return (s, e) if min(self.n, e + HALF_TAPS) <= available else None
 
     def compute(self, sig: _Buf, s: int, e: int):
-        return envelope_chunk(self.xp, sig.data, sig.start, s, e, self.n, self.bank, self.factors,
-                              self.curvature, self.gate)
+        if self.curvature:
+            pair = pair_chunk(self.xp, sig.data, sig.start, s, e, self.n, self.bank, self.factors[0],
+                              self.curvature)
+            return gated_envelope(*pair, self.scale, self.gate)
+        return envelope_chunk(self.xp, sig.data, sig.start, s, e, self.n, self.bank, self.factors)
 
     def advance(self, sig: _Buf) -> None:
         while (c := self.ready(sig.end)) is not None:
@@ -177,10 +185,12 @@ class _Emits:
     emitted = 0
     min_gain = 1.0
 
+    gain_db = 0.0  # the static gain the held input still needs (LimiterStream holds it ungained)
+
     def _apply(self, x: _Buf, gain_x):
         a = self.emitted
         b = a + gain_x.shape[-1]
-        out = x.window(a, b) * gain_x
+        out = apply_gain(x.window(a, b), self.gain_db) * gain_x
         if b > a:
             self.min_gain = min(self.min_gain, backend.to_float(gain_x.min()))
             if self.gain_sink is not None:
@@ -195,7 +205,8 @@ class _Emits:
 
 
 class LimiterStream(_Emits, Streamer):
-    """``limit(x, rate, params, check=False)`` block by block.
+    """``limit(x, rate, params, check=False, gain_db=gain_db)`` block by block:
+    the blocks pushed are ``x`` before the static gain.
 
     ``push`` returns the limited samples determined so far (the lookahead
     and the interpolator's context hold back up to about two detection
@@ -204,10 +215,12 @@ class LimiterStream(_Emits, Streamer):
     :meth:`finish`: :attr:`max_gain_reduction_db`.
     """
 
-    def __init__(self, params: LimiterParams, sample_rate: float, channels: int, total: int, gain_sink=None):
+    def __init__(self, params: LimiterParams, sample_rate: float, channels: int, total: int, gain_sink=None,
+                 gain_db: float = 0.0):
         self.params, self.channels, self.n = params, channels, int(total)
         self.sample_rate = sample_rate
         self.gain_sink = gain_sink
+        self.gain_db = gain_db
         self.xp = None
         self.emitted = 0
         self.min_gain = 1.0
@@ -219,7 +232,8 @@ class LimiterStream(_Emits, Streamer):
         self.ceiling = 10.0 ** (p.ceiling_dbtp / 20.0) * (1.0 - MARGIN)
         lookahead, release = _timing(self.sample_rate, p)
         self.x = _Buf(xp, (self.channels,), x.dtype)
-        self.det = _Detector(xp, self.n, x.dtype, (p.oversample,), CURVATURE, self.ceiling)
+        self.det = _Detector(xp, self.n, x.dtype, (p.oversample,), limiter.CURVATURE, self.ceiling,
+                             gain_scale(self.gain_db))
         self.gains = _Gains(xp, self.n, lookahead, release, self.ceiling)
         self.x.needs += [self.det.first_needed, lambda: self.emitted]
         self.det.env.needs.append(self.gains.env_needed)
@@ -237,7 +251,7 @@ class LimiterStream(_Emits, Streamer):
             self.emitted += x.shape[-1]
             if self.gain_sink is not None:
                 self.gain_sink(self.xp.ones(x.shape[-1], dtype=x.dtype))
-            return x
+            return apply_gain(x, self.gain_db)
         if self.x.end + x.shape[-1] > self.n:
             raise ValueError(f"limiter stream got more than its {self.n} samples")
         self.x.append(x)

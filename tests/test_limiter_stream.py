@@ -59,6 +59,27 @@ def test_unchecked_pass_is_bit_identical(blocks):
     assert ls.max_gain_reduction_db == whole.max_gain_reduction_db > 6.0
 
 
+@pytest.mark.parametrize("gain_db", [-3.0, 4.5])
+def test_static_gain_trial_is_bit_identical(gain_db):
+    """The loudness loop's trial: blocks of x before the static gain, the stream
+    detecting on them and applying the gain, equal limit(x, gain_db=...) to the bit,
+    which shares one Detection of x between gains."""
+    x = programme(seed=5)
+    detection = limiter.Detection(x, PARAMS.oversample)
+    whole = limiter.limit(x, RATE, PARAMS, check=False, gain_db=gain_db, detection=detection)
+    pair = detection.pair()
+    assert limiter.limit(x, RATE, PARAMS, check=False, gain_db=0.0, detection=detection).gain.shape == x.shape[1:]
+    assert detection.pair() is pair  # computed once for both gains
+    gains = []
+    ls = LimiterStream(PARAMS, RATE, 2, x.shape[-1], gain_sink=gains.append, gain_db=gain_db)
+    out = stream.run(ls, stream.split(x, [1, 999, 5000, 30]))
+    assert np.array_equal(out, whole.audio) and np.array_equal(np.concatenate(gains), whole.gain)
+    # and the limited signal is the gained input times the gain
+    assert np.array_equal(whole.audio, limiter.apply_gain(x, gain_db) * whole.gain)
+    with pytest.raises(ValueError, match="another signal"):
+        limiter.limit(x.copy(), RATE, PARAMS, check=False, detection=detection)
+
+
 def test_mono_and_six_channels():
     for channels in (1, 6):
         x = programme(n=9000, seed=channels, channels=channels)
