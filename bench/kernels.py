@@ -91,8 +91,9 @@ CHAIN = ChainParams(eq=EQ, reverb=REVERB, loudness=LoudnessParams(target_lufs=-1
 F32, F64, C64 = 4, 8, 8  # bytes per float32, float64, complex64 value
 
 
-def _conv(c: int, n: int, m: int, rows: int = 1) -> list[tuple[str, float]]:
-    """kernels.convolve.fftconvolve of (c, [1,] n) float32 with ``rows`` filters of ``m`` taps."""
+def _conv(c: int, n: int, m: int, rows: int = 1, frames_view: bool = False) -> list[tuple[str, float]]:
+    """kernels.convolve.fftconvolve of (c, [1,] n) float32 with ``rows`` filters of ``m`` taps
+    (``frames_view``: fftconvolve_frames, whose caller reduces in the frames: no crop copy)."""
     from kernels import convolve
 
     size = convolve.block_size(n, m)
@@ -112,8 +113,8 @@ def _conv(c: int, n: int, m: int, rows: int = 1) -> list[tuple[str, float]]:
             ("rfft frames", e + z),
             ("rfft filter", rows * (m * F32 + (size // 2 + 1) * C64)),
             ("spectrum x filter", 2 * z if rows == 1 else z + rows * z),
-            ("irfft", rows * (z + e)),
-            ("crop (reshape copy)", 2 * rows * c * frames * hop * F32)]
+            ("irfft", rows * (z + e))] + (
+            [] if frames_view else [("crop (reshape copy)", 2 * rows * c * frames * hop * F32)])
 
 
 def _prefix(name: str, terms) -> list[tuple[str, float]]:
@@ -147,8 +148,9 @@ def _true_peak(c: int, n: int, factor: int) -> list[tuple[str, float]]:
     """oversample.true_peak: |x| max, then phases 1..factor-1 chunk by chunk, |.| and max."""
     u = c * n * F32
     p = factor - 1
-    return ([("sample peak |x| max", 3 * u)] + _prefix(f"{p}-phase interpolation", _conv(c, n, 2 * 32 + 1, p))
-            + [("|phases| max", 3 * p * u)])
+    return ([("sample peak |x| max", 3 * u)]
+            + _prefix(f"{p}-phase interpolation", _conv(c, n, 2 * 32 + 1, p, frames_view=True))
+            + [("|phases| in place, max over channels and phases", 3 * p * u + n * F32)])
 
 
 def _gain(n: int, rate: int, lookahead_ms: float) -> list[tuple[str, float]]:
@@ -169,14 +171,19 @@ def _gain(n: int, rate: int, lookahead_ms: float) -> list[tuple[str, float]]:
 
 
 def _detect(c: int, n: int, factor: int) -> list[tuple[str, float]]:
-    """limiter.peak_envelope with curvature at ``factor`` (phases 1..factor-1 computed)."""
+    """limiter.detection_pair at ``factor`` (phases 1..factor-1 computed): e0 and e1."""
     u = c * n * F32
     p, f = factor - 1, factor
     return (_prefix(f"{p}-phase interpolation", _conv(c, n, 65, p))
             + [(f"curvature: points in time order ({f + 2} rows)", 2 * (p + 3) * u),
                ("second difference, |.|, x kappa", 9 * f * u + 4 * f * u),
-               ("|points|, gate mask, add", 2 * f * u + 3.5 * f * u + 3 * f * u),
-               ("max over channels and points", f * u + 3 * n * F32)])
+               ("|points|, add", 2 * f * u + 3 * f * u),
+               ("max over channels and points (e0, e1)", 2 * f * u + 6 * n * F32)])
+
+
+def _gated(n: int) -> list[tuple[str, float]]:
+    """limiter.gated_envelope: scale e0 and e1, compare with the gate, select."""
+    return [("gated envelope (scale, compare, select)", 8 * n * F32 + n)]
 
 
 def _check(c: int, n: int, factor: int, check: int, from_f64: bool) -> list[tuple[str, float]]:
@@ -185,14 +192,16 @@ def _check(c: int, n: int, factor: int, check: int, from_f64: bool) -> list[tupl
     p = (factor - 1) + (check - 1 if check != factor else 0)
     return ([("gain to float64", m32 + m64)] if from_f64 else []) + [
         ("gain to float32, x * gain", m64 + m32 + 2 * u + m32)] + _prefix(
-        f"check: {p}-phase interpolation", _conv(c, n, 65, p)) + [
-        ("check: |phases| max, |x| max", 2 * p * u + p * u + m32 + 3 * u + m32 + 5 * m32),
+        f"check: {p}-phase interpolation", _conv(c, n, 65, p, frames_view=True)) + [
+        ("check: |phases| in place, max, |x| max", 2 * p * u + p * u + m32 + 3 * u + m32 + 5 * m32),
         ("peak, reduction", 2 * m32)]
 
 
-def _limit_unchecked(c: int, n: int, rate: int, factor: int, lookahead_ms: float):
+def _limit_unchecked(c: int, n: int, rate: int, factor: int, lookahead_ms: float, detect: bool = True):
+    """An unchecked limiter pass; ``detect``: it computes the Detection pair (the loop's
+    first trial; the others reuse it and only gate)."""
     u, m32, m64 = c * n * F32, n * F32, n * F64
-    return (_detect(c, n, factor) + _gain(n, rate, lookahead_ms)
+    return ((_detect(c, n, factor) if detect else []) + _gated(n) + _gain(n, rate, lookahead_ms)
             + [("gain to float32, x * gain, reduction", m64 + m32 + 2 * u + m32 + m32)])
 
 
@@ -235,7 +244,7 @@ def bytes_model(seconds: float, rate: int, channels: int = 2, eq_taps: int = EQ_
     st["reverb"] = (_prefix("wet", _conv(c, n, ir_len)) + [("fade tail, add dry", 3 * u)], 2 * u)
     st["oversample"] = (_prefix("4 phases", _conv(c, n, 65, factor))
                         + [("interleave (swapaxes copy)", 2 * factor * u)], u + factor * u)
-    st["limiter"] = ([("drive x * g (bench)", 2 * u)] + _detect(c, n, factor) + _gain(n, rate, la)
+    st["limiter"] = ([("drive x * g (bench)", 2 * u)] + _detect(c, n, factor) + _gated(n) + _gain(n, rate, la)
                      + _check(c, n, factor, 16, False), 2 * u + 2 * u + n * F32)
     st["loudness"] = (_loudness(c, n, rate, True), u)
     st["dither"] = (_dither(c, n), 2 * u)
@@ -243,9 +252,11 @@ def bytes_model(seconds: float, rate: int, channels: int = 2, eq_taps: int = EQ_
     chain = (_prefix("eq", st["eq"][0]) + _prefix("reverb", st["reverb"][0])
              + _prefix("input loudness", integ))
     for p in range(1, passes + 1):
-        chain += ([(f"pass {p}: gain", 2 * u)] + _prefix(f"pass {p}: limiter", _limit_unchecked(c, n, rate, factor, la))
+        chain += ([(f"pass {p}: gain", 2 * u)]
+                  + _prefix(f"pass {p}: limiter", _limit_unchecked(c, n, rate, factor, la, detect=p == 1))
                   + _prefix(f"pass {p}: loudness", integ))
-    chain += (_prefix("limiter check", _check(c, n, factor, 16, True)) + _prefix("dither", st["dither"][0])
+    chain += ([("gain again for the check", 2 * u)] + _prefix("limiter check", _check(c, n, factor, 16, True))
+              + _prefix("dither", st["dither"][0])
               + _prefix("output true peak", _true_peak(c, n, 4)))
     chain_ideal = 2 * u + 2 * u + u + passes * (2 * u + 2 * u + u) + 2 * u + 2 * u + u
     st["chain"] = (chain, chain_ideal)
