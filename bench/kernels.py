@@ -150,7 +150,7 @@ def _true_peak(c: int, n: int, factor: int) -> list[tuple[str, float]]:
     p = factor - 1
     return ([("sample peak |x| max", 3 * u)]
             + _prefix(f"{p}-phase interpolation", _conv(c, n, 2 * 32 + 1, p, frames_view=True))
-            + [("|phases| in place, max over channels and phases", 3 * p * u + n * F32)])
+            + [("|phases| max over channels and phases (one fused reduction)", p * u + n * F32)])
 
 
 def _gain(n: int, rate: int, lookahead_ms: float) -> list[tuple[str, float]]:
@@ -193,7 +193,7 @@ def _check(c: int, n: int, factor: int, check: int, from_f64: bool) -> list[tupl
     return ([("gain to float64", m32 + m64)] if from_f64 else []) + [
         ("gain to float32, x * gain", m64 + m32 + 2 * u + m32)] + _prefix(
         f"check: {p}-phase interpolation", _conv(c, n, 65, p, frames_view=True)) + [
-        ("check: |phases| in place, max, |x| max", 2 * p * u + p * u + m32 + 3 * u + m32 + 5 * m32),
+        ("check: |phases| max (one fused reduction), |x| max", p * u + m32 + 3 * u + m32 + 5 * m32),
         ("peak, reduction", 2 * m32)]
 
 

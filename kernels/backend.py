@@ -172,6 +172,24 @@ def float_audio(x, name: str):
     return xp, x
 
 
+def abs_max(x, axis):
+    """``max |x|`` over ``axis`` (an int or a tuple), NaN propagating. On the host
+    ``x`` is scratch and takes ``|x|`` in place; on the device one fused
+    reduction reads it once (no ``|x|`` array: the peak detectors' largest
+    memory term, bench/kernels.py)."""
+    if array_module(x) is np:
+        return np.abs(x, out=x).max(axis=axis)
+    return _abs_max_kernel()(x, axis=axis)
+
+
+@functools.lru_cache(maxsize=1)
+def _abs_max_kernel():
+    # NaN wins the comparison (a != a), as numpy's max propagates it: the limiter's
+    # final check must see a NaN peak to refuse the signal.
+    return _cupy.ReductionKernel("T x", "T y", "abs(x)", "(a > b || a != a) ? a : b", "y = a", "0",
+                                 "farm_abs_max")
+
+
 def to_float(x) -> float:
     """A Python float from a 0-d array on either backend (synchronises the GPU)."""
     return float(to_host(x))

@@ -387,8 +387,7 @@ def envelope_chunk(xp, xw, off: int, s: int, e: int, n: int, bank, factors):
     # The same convolution left in its overlap-save frames: the peak over channels
     # and phases is taken there and only the (frames, hop) result joined into one axis.
     frames, _ = fftconvolve_frames(xw[:, None, lo - off:hi - off], bank)
-    xp.abs(frames, out=frames)
-    m = frames.max(axis=(0, 1)).reshape(-1)[s - lo + h:e - lo + h]
+    m = backend.abs_max(frames, (0, 1)).reshape(-1)[s - lo + h:e - lo + h]
     xp.maximum(m, xp.abs(core).max(axis=0), out=m)
     return m
 

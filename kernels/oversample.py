@@ -92,8 +92,7 @@ def true_peak(x, factor: int):
         # Left in its overlap-save frames: the peak over channels and phases is taken
         # there, and only that (frames, hop) result is joined into one time axis.
         frames, _ = fftconvolve_frames(x[:, None, lo:hi].astype(dtype, copy=False), bank)
-        xp.abs(frames, out=frames)
-        peaks.append(frames.max(axis=(0, 1)).reshape(-1)[s - lo + h:e - lo + h].max())
+        peaks.append(backend.abs_max(frames, (0, 1)).reshape(-1)[s - lo + h:e - lo + h].max())
     return xp.max(xp.stack(peaks))
 
 

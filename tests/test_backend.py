@@ -67,3 +67,15 @@ def test_gpu_threads_get_their_own_streams_and_concurrent_chains_equal_sequentia
     assert len({s.ptr for s in streams}) == len(tracks)  # one stream per thread
     for a, b in zip(alone, got):
         np.testing.assert_array_equal(a, b)
+
+
+def test_abs_max_reduces_over_the_axes_and_keeps_nan(xp):
+    """backend.abs_max (a fused reduction on the device) is numpy's |x|.max(axis)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 5, 40)).astype(np.float32)
+    for axis in ((0, 1), 1, (0, 1, 2, 3)):
+        got = backend.to_host(backend.abs_max(xp.asarray(x), axis))
+        np.testing.assert_array_equal(got, np.abs(x).max(axis=axis))
+    x[1, 2, 3, 4] = np.nan
+    got = backend.to_host(backend.abs_max(xp.asarray(x), (0, 1)))
+    assert np.isnan(got[3, 4]) and np.isfinite(np.delete(got.reshape(-1), 3 * 40 + 4)).all()
