@@ -31,11 +31,12 @@ WHEELS=${WHEELS:-.whl}
 # read 2026-11-17), pinned to the versions this repo's .venv runs.
 CARRIED=(dask==2026.8.0 distributed==2026.8.0 partd==1.4.2 locket==1.0.0 tblib==3.2.2 zict==3.0.0
          tornado==6.6.1 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 pyloudnorm==0.2.0 mutagen==1.48.1
-         bokeh==3.9.2 xyzservices==2026.9.1 numba==0.68.1 llvmlite==0.50.0)
+         bokeh==3.9.2 xyzservices==2026.9.1)
 # Present in the device image (KINDS.md list), so not carried: carrying a second version of these
 # would shadow the image's (numpy, scipy and cupy must stay the image's own).
 IMAGE_HAS="click cloudpickle fsspec packaging pyyaml toolz jinja2 msgpack psutil sortedcontainers urllib3
-numpy scipy pandas pillow contourpy narwhals typing-extensions markupsafe importlib-metadata zipp"
+numpy scipy pandas pillow contourpy narwhals typing-extensions markupsafe importlib-metadata zipp
+numba llvmlite"
 
 prepare() {
     local py=${PY:-.venv/bin/python}
@@ -156,7 +157,8 @@ fi
     "$PY" - <<'EOF'
 import importlib, platform, sys
 print("python", platform.python_version(), sys.executable)
-for m in ("numpy", "scipy", "cupy", "dask", "distributed", "soundfile", "pyloudnorm", "mutagen", "bokeh", "pytest"):
+for m in ("numpy", "scipy", "numba", "cupy", "dask", "distributed", "soundfile", "pyloudnorm", "mutagen", "bokeh",
+          "pytest"):
     try:
         mod = importlib.import_module(m)
         print(f"{m} {getattr(mod, '__version__', '?')} {getattr(mod, '__file__', '')}")
