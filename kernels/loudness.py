@@ -50,7 +50,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from . import backend
+from . import backend, scan
 from .convolve import fftconvolve
 from .oversample import HALF_TAPS, PEAK_CHUNK_CPU, PEAK_CHUNK_GPU, design, phase_bank, true_peak
 
@@ -183,7 +183,8 @@ def _as_2d(x):
 def k_weight(x, sample_rate: int, chunk_s: float | None = None):
     """K-weight ``x`` (channels, samples): float64 output, same shape.
 
-    On the host this is ``scipy.signal.sosfilt`` over the whole signal. On a
+    On the host this is ``scipy.signal.sosfilt`` over the whole signal (its
+    compiled twin :func:`kernels.scan.sosfilt`, the same bits). On a
     device, where a recursion over 10^7 samples is one long serial chain, the
     signal is cut into ``chunk_s`` chunks filtered side by side, each started
     :data:`K_WEIGHT_WARMUP_S` early from zero state: the filter's slowest
@@ -194,15 +195,17 @@ def k_weight(x, sample_rate: int, chunk_s: float | None = None):
     """
     rate = _check_rate(sample_rate)
     xp, x = _as_2d(x)
+    if chunk_s is None:
+        chunk_s = 0.0 if xp is np else K_WEIGHT_CHUNK_S
+    n = x.shape[-1]
+    if n == 0:
+        return xp.zeros(x.shape, dtype=xp.float64)
+    chunk = int(round(chunk_s * rate))
+    if xp is np and (chunk <= 0 or n <= 2 * chunk):
+        return scan.sosfilt(k_weighting_sos(rate), x)  # reads float32 as it is: no float64 copy first
     sig = backend.signal(xp)
     sos = xp.asarray(k_weighting_sos(rate))
     x64 = x.astype(xp.float64, copy=False)
-    if chunk_s is None:
-        chunk_s = 0.0 if xp is np else K_WEIGHT_CHUNK_S
-    n = x64.shape[-1]
-    if n == 0:
-        return xp.zeros(x64.shape, dtype=xp.float64)
-    chunk = int(round(chunk_s * rate))
     if chunk <= 0 or n <= 2 * chunk:
         return sig.sosfilt(sos, x64, axis=-1)
     warm = int(math.ceil(K_WEIGHT_WARMUP_S * rate))

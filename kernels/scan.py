@@ -245,6 +245,45 @@ def _loop():
     return loop
 
 
+def sosfilt(sos, x) -> np.ndarray:
+    """``scipy.signal.sosfilt(sos, x, axis=-1)`` on the host, from zero state, as a
+    compiled float64 loop: the same direct-form-II-transposed operations in the
+    same order, so the same bits (tested), without sosfilt's float64 copies of
+    the whole signal (the K-weighting of 4 min of stereo: 0.22 -> 0.15 s)."""
+    sos = np.ascontiguousarray(np.asarray(sos, dtype=np.float64))
+    x = np.asarray(x)
+    rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) if x.ndim else x.reshape(1, 1)
+    if not rows.flags.c_contiguous or rows.dtype not in (np.float32, np.float64):
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+    out = np.empty(rows.shape, dtype=np.float64)
+    if out.size:
+        _sos_loop()(sos, rows, out)
+    return out.reshape(x.shape)
+
+
+@functools.lru_cache(maxsize=1)
+def _sos_loop():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def loop(sos, x, out):
+        rows, n = x.shape
+        sections = sos.shape[0]
+        z = np.zeros((sections, 2))
+        for r in range(rows):
+            z[:] = 0.0
+            for i in range(n):
+                v = np.float64(x[r, i])
+                for k in range(sections):  # scipy's order: y = b0 x + z0; z0 = b1 x - a1 y + z1; z1 = b2 x - a2 y
+                    y = sos[k, 0] * v + z[k, 0]
+                    z[k, 0] = sos[k, 1] * v - sos[k, 4] * y + z[k, 1]
+                    z[k, 1] = sos[k, 2] * v - sos[k, 5] * y
+                    v = y
+                out[r, i] = v
+
+    return loop
+
+
 def _scan(xp, t, a, b, y0, op, shape, dtype):
     """Blocked scan. ``t``: array or None; ``a``/``b``: float (constant) or
     array of ``shape``; ``y0``: array of ``shape[:-1]``. Returns ``y``."""
@@ -366,4 +405,4 @@ def _scan(xp, t, a, b, y0, op, shape, dtype):
     return y.reshape(lead + (nb * k,))[..., :n]
 
 
-__all__ = ["affine_min_scan", "affine_max_scan", "linear_scan", "one_pole", "reference", "BLOCK"]
+__all__ = ["affine_min_scan", "affine_max_scan", "linear_scan", "one_pole", "reference", "sosfilt", "BLOCK"]
