@@ -344,22 +344,22 @@ def _check_keys(problems: Problems, where: str, table: str, given: Mapping[str, 
             problems.add(f"{where} [{table}] {key}: must be {what}, got {value!r}")
 
 
+# The tables with a `bands` array: each band's schema and an example for the message.
+_BAND_TABLES = {
+    "eq": (_BAND, "{kind = \"bell\", freq_hz = 300, gain_db = -1.5, q = 1.0}"),
+    "multiband": (_COMP_BAND, "{threshold_db = -24, ratio = 1.5, knee_db = 6, attack_ms = 20, release_ms = 200}"),
+}
+
+
 def _check_table(problems: Problems, where: str, table: str, value: Mapping[str, Any]) -> None:
     _check_keys(problems, where, table, value, _TABLES[table])
-    if table == "eq" and isinstance(value.get("bands"), list):
+    if table in _BAND_TABLES and isinstance(value.get("bands"), list):
+        schema, example = _BAND_TABLES[table]
         for i, band in enumerate(value["bands"], start=1):
             if not isinstance(band, Mapping):
-                problems.add(f"{where} [eq] bands[{i}]: must be a table like "
-                             "{kind = \"bell\", freq_hz = 300, gain_db = -1.5, q = 1.0}")
+                problems.add(f"{where} [{table}] bands[{i}]: must be a table like {example}")
                 continue
-            _check_keys(problems, where, f"eq.bands[{i}]", band, _BAND)
-    if table == "multiband" and isinstance(value.get("bands"), list):
-        for i, band in enumerate(value["bands"], start=1):
-            if not isinstance(band, Mapping):
-                problems.add(f"{where} [multiband] bands[{i}]: must be a table like "
-                             "{threshold_db = -24, ratio = 1.5, knee_db = 6, attack_ms = 20, release_ms = 200}")
-                continue
-            _check_keys(problems, where, f"multiband.bands[{i}]", band, _COMP_BAND)
+            _check_keys(problems, where, f"{table}.bands[{i}]", band, schema)
 
 
 def _params(problems: Problems, label: str, cls, kwargs: dict) -> Any:
