@@ -242,34 +242,30 @@ def _local_cluster(plan: WorkerPlan, dashboard: bool | str, allowed_failures: in
     # constructor), and applied before the worker process is spawned.
     spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ", default={}), **WORKER_MALLOC_ENV}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
-        return _start_local_cluster(LocalCluster, plan, dashboard, env, scheduler_kwargs, resources)
-
-
-def _start_local_cluster(LocalCluster, plan: WorkerPlan, dashboard, env, scheduler_kwargs, resources):
-    cluster = LocalCluster(
-        host="127.0.0.1",  # loopback only: nothing outside this machine may submit work
-        n_workers=0 if plan.gpu else plan.n_workers,
-        threads_per_worker=plan.threads_per_worker,
-        processes=True,
-        memory_limit=plan.memory_limit_bytes,
-        dashboard_address=_dashboard_address(dashboard),
-        scheduler_kwargs=scheduler_kwargs,
-        resources=resources,
-        env=env,
-    )
-    if plan.gpu:
-        # One process per GPU, each seeing its own device as device 0: LocalCluster
-        # builds identical workers, so give each spec its own environment.
-        try:
-            for i, device in enumerate(plan.devices):
-                spec = copy.deepcopy(cluster.new_spec)
-                spec["options"]["env"] = {**env, "CUDA_VISIBLE_DEVICES": _rotated(plan.devices, device)}
-                cluster.worker_spec[f"gpu-{i}"] = spec
-            cluster.scale(len(cluster.worker_spec))
-            cluster.wait_for_workers(plan.n_workers, timeout=120)
-        except BaseException:
-            cluster.close()
-            raise
+        cluster = LocalCluster(
+            host="127.0.0.1",  # loopback only: nothing outside this machine may submit work
+            n_workers=0 if plan.gpu else plan.n_workers,
+            threads_per_worker=plan.threads_per_worker,
+            processes=True,
+            memory_limit=plan.memory_limit_bytes,
+            dashboard_address=_dashboard_address(dashboard),
+            scheduler_kwargs=scheduler_kwargs,
+            resources=resources,
+            env=env,
+        )
+        if plan.gpu:
+            # One process per GPU, each seeing its own device as device 0: LocalCluster
+            # builds identical workers, so give each spec its own environment.
+            try:
+                for i, device in enumerate(plan.devices):
+                    spec = copy.deepcopy(cluster.new_spec)
+                    spec["options"]["env"] = {**env, "CUDA_VISIBLE_DEVICES": _rotated(plan.devices, device)}
+                    cluster.worker_spec[f"gpu-{i}"] = spec
+                cluster.scale(len(cluster.worker_spec))
+                cluster.wait_for_workers(plan.n_workers, timeout=120)
+            except BaseException:
+                cluster.close()
+                raise
     return cluster
 
 
