@@ -79,8 +79,8 @@ from typing import Any
 import numpy as np
 
 from . import backend
-from .convolve import fftconvolve, fftconvolve_frames
-from .oversample import HALF_TAPS, phase_bank
+from .convolve import fftconvolve
+from .oversample import HALF_TAPS, phase_bank, phase_peaks
 from .params import LimiterParams
 from .scan import affine_max_scan
 
@@ -381,14 +381,8 @@ def envelope_chunk(xp, xw, off: int, s: int, e: int, n: int, bank, factors):
     ``[max(0, s - HALF_TAPS), min(n, e + HALF_TAPS))``. The same slice of the
     signal goes through the same FFTs whether ``xw`` is the whole signal or a
     streamed window, so the result is the same to the bit."""
-    h = HALF_TAPS
-    lo, hi = max(0, s - h), min(n, e + h)
-    core = xw[:, s - off:e - off]
-    # The same convolution left in its overlap-save frames: the peak over channels
-    # and phases is taken there and only the (frames, hop) result joined into one axis.
-    frames, _ = fftconvolve_frames(xw[:, None, lo - off:hi - off], bank)
-    m = backend.abs_max(frames, (0, 1)).reshape(-1)[s - lo + h:e - lo + h]
-    xp.maximum(m, xp.abs(core).max(axis=0), out=m)
+    m = phase_peaks(xw, off, s, e, n, bank)
+    xp.maximum(m, xp.abs(xw[:, s - off:e - off]).max(axis=0), out=m)
     return m
 
 

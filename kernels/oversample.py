@@ -83,17 +83,27 @@ def true_peak(x, factor: int):
     dtype = x.dtype if x.dtype in (xp.float32, xp.float64) else xp.float64
     bank = xp.asarray(phase_bank((factor,)), dtype=dtype)
     chunk = PEAK_CHUNK_CPU if xp is np else max(1 << 16, PEAK_CHUNK_GPU * 4 // factor)
-    h = HALF_TAPS
+    xd = x.astype(dtype, copy=False)
     peaks = [peak.astype(dtype)]
     for s in range(0, n, chunk):  # a loop over chunks of ~10^5-10^6 samples, not over samples
-        e = min(n, s + chunk)
-        lo, hi = max(0, s - h), min(n, e + h)
-        # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); input sample i sits at column i - lo + H.
-        # Left in its overlap-save frames: the peak over channels and phases is taken
-        # there, and only that (frames, hop) result is joined into one time axis.
-        frames, _ = fftconvolve_frames(x[:, None, lo:hi].astype(dtype, copy=False), bank)
-        peaks.append(backend.abs_max(frames, (0, 1)).reshape(-1)[s - lo + h:e - lo + h].max())
+        peaks.append(phase_peaks(xd, 0, s, min(n, s + chunk), n, bank).max())
     return xp.max(xp.stack(peaks))
+
+
+def phase_peaks(xw, off: int, s: int, e: int, n: int, bank):
+    """Per base sample ``s .. e-1`` of an ``n``-sample signal, the largest
+    ``|phase|`` over every channel and every row of ``bank`` (polyphase rows,
+    :func:`phase_bank`); ``xw`` holds samples ``[off, off + xw.shape[-1])``, at
+    least ``[max(0, s - HALF_TAPS), min(n, e + HALF_TAPS))``. The same slice
+    goes through the same FFTs whether ``xw`` is the whole signal or a streamed
+    window, so the result is the same to the bit."""
+    h = HALF_TAPS
+    lo, hi = max(0, s - h), min(n, e + h)
+    # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); signal sample i sits at column i - lo + H.
+    # Left in its overlap-save frames: the peak over channels and phases is taken
+    # there, and only that (frames, hop) result is joined into one time axis.
+    frames, _ = fftconvolve_frames(xw[:, None, lo - off:hi - off], bank)
+    return backend.abs_max(frames, (0, 1)).reshape(-1)[s - lo + h:e - lo + h]
 
 
 @functools.lru_cache(maxsize=16)
