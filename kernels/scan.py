@@ -40,7 +40,7 @@ On the host the recursion itself is the fastest exact form: with
 :data:`HOST_SEQUENTIAL` (the default) NumPy inputs go through
 :func:`_sequential`, the reference loop compiled by Numba (float64, the
 reference's operations in its order, so equal to it to the bit). It runs at
-~3 ns per sample where the vectorised scan needs ~50 (4 min of 48 kHz: 37 ms
+~6 ns per sample where the vectorised scan needs ~50 (4 min of 48 kHz: 66 ms
 vs 600 ms for the multiband's release), and it carries ``y0`` exactly, so
 consecutive calls equal one call. The parallel scan is what CuPy runs; the
 tests run it on NumPy too (``HOST_SEQUENTIAL = False``), so CI exercises the
