@@ -80,31 +80,39 @@ class Welch:
         from scipy.signal import get_window
 
         self.rate, self.channels = int(sample_rate), int(channels)
-        self.n = welch_segment(self.rate)
+        self.n = welch_segment(self.rate)  # a power of two: a segment is two half-segment hops
         self.hop = self.n // 2
         self.window = get_window("hann", self.n).astype(np.float64)
-        self._carry = np.zeros((self.channels, 0), dtype=np.float32)
-        self._sum = np.zeros(self.n // 2 + 1)
+        self._carry = None  # the unfinished segment's samples, on the blocks' backend
+        self._sum = None  # power summed over segments and channels, on the blocks' backend
         self._count = 0
 
     def push(self, x) -> None:
-        x = np.asarray(backend.to_host(x)).reshape(self.channels, -1)  # float64 only per FFT batch
-        buf = np.concatenate([self._carry, x], axis=-1) if self._carry.shape[-1] else x
+        """Add a ``(channels, k)`` block (NumPy or CuPy: the FFTs run where it is,
+        float64 only per batch of segments)."""
+        xp = backend.array_module(x)
+        x = xp.asarray(x).reshape(self.channels, -1)
+        buf = xp.concatenate([self._carry, x], axis=-1) if self._carry is not None and self._carry.shape[-1] else x
         k = 0 if buf.shape[-1] < self.n else (buf.shape[-1] - self.n) // self.hop + 1
         if k:
-            frames = np.lib.stride_tricks.sliding_window_view(buf, self.n, axis=-1)[:, ::self.hop][:, :k]
+            fft, window = backend.fft(xp), xp.asarray(self.window)
+            total = xp.zeros(self.n // 2 + 1) if self._sum is None else self._sum
             for i in range(0, k, self._BATCH):
-                spec = np.fft.rfft(frames[:, i:i + self._BATCH] * self.window, axis=-1)
-                self._sum += (spec.real ** 2 + spec.imag ** 2).sum(axis=(0, 1))
+                m = min(self._BATCH, k - i)
+                halves = buf[:, i * self.hop:(i + m + 1) * self.hop].reshape(self.channels, m + 1, self.hop)
+                frames = xp.concatenate([halves[:, :-1], halves[:, 1:]], axis=-1)  # segment j: halves j, j+1
+                spec = fft.rfft(frames * window, axis=-1)
+                total += (spec.real ** 2 + spec.imag ** 2).sum(axis=(0, 1))
+            self._sum = total
             self._count += k * self.channels
         self._carry = buf[:, k * self.hop:].copy()
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(frequencies in Hz, PSD in FS^2/Hz), both float64 of ``n // 2 + 1``."""
-        total, count = self._sum, self._count
-        if count == 0 and self._carry.shape[-1]:  # shorter than a segment: one padded segment
+        total, count = (np.zeros(self.n // 2 + 1) if self._sum is None else backend.to_host(self._sum)), self._count
+        if count == 0 and self._carry is not None and self._carry.shape[-1]:  # shorter than a segment: one padded
             pad = np.zeros((self.channels, self.n))
-            pad[:, :self._carry.shape[-1]] = self._carry
+            pad[:, :self._carry.shape[-1]] = backend.to_host(self._carry)
             spec = np.fft.rfft(pad * self.window, axis=-1)
             total, count = (spec.real ** 2 + spec.imag ** 2).sum(axis=0), self.channels
         psd = total / max(count, 1) / (self.rate * float((self.window ** 2).sum()))
@@ -144,10 +152,10 @@ class PeakHops:
     def __init__(self, sample_rate: int, channels: int):
         self.rate, self.channels = int(sample_rate), int(channels)
         self.hop = max(1, int(round(HOP_S * self.rate)))
-        self._buf = np.zeros((self.channels, 0), dtype=np.float32)
+        self._buf = None  # samples from the first unevaluated hop's left context on, on the blocks' backend
         self._b0 = 0  # absolute index of _buf[:, 0]
         self._next = 0  # start of the first hop not yet evaluated
-        self._heap: list = []  # (sample peak, start, segment incl. context, left context)
+        self._heap: list = []  # (sample peak, start, segment incl. context (host), left context)
 
     def _offer(self, peaks: np.ndarray, starts: np.ndarray, done: int) -> None:
         floor = self._heap[0][0] if len(self._heap) == _CANDIDATES else -1.0
@@ -155,7 +163,7 @@ class PeakHops:
         for i in better[np.argsort(-peaks[better], kind="stable")][:_CANDIDATES]:
             s = int(starts[i])
             a, b = max(0, s - HALF_TAPS), min(done, s + self.hop + HALF_TAPS)
-            seg = self._buf[:, a - self._b0:b - self._b0].copy()
+            seg = np.array(backend.to_host(self._buf[:, a - self._b0:b - self._b0]))  # a host copy
             item = (float(peaks[i]), s, seg, s - a)
             if len(self._heap) < _CANDIDATES:
                 heapq.heappush(self._heap, item)
@@ -163,15 +171,18 @@ class PeakHops:
                 heapq.heapreplace(self._heap, item)
 
     def push(self, x) -> None:
-        x = np.asarray(backend.to_host(x)).reshape(self.channels, -1)
-        self._buf = np.concatenate([self._buf, x], axis=-1) if self._buf.shape[-1] else x
+        """Add a ``(channels, k)`` block (NumPy or CuPy: the hops' peaks are taken
+        where it is; only they and the candidates' few samples come to the host)."""
+        xp = backend.array_module(x)
+        x = xp.asarray(x).reshape(self.channels, -1)
+        self._buf = xp.concatenate([self._buf, x], axis=-1) if self._buf is not None and self._buf.shape[-1] else x
         done = self._b0 + self._buf.shape[-1]
         k = max(0, (done - HALF_TAPS - self._next) // self.hop)  # hops with their right context in
         for i in range(0, k, 600):  # a minute of hops at a time: |x| of a minute, not of a whole track
             m = min(600, k - i)
             s0 = self._next - self._b0
-            hops = np.abs(self._buf[:, s0:s0 + m * self.hop]).reshape(self.channels, m, self.hop)
-            self._offer(hops.max(axis=(0, 2)), self._next + self.hop * np.arange(m), done)
+            hops = xp.abs(self._buf[:, s0:s0 + m * self.hop]).reshape(self.channels, m, self.hop)
+            self._offer(backend.to_host(hops.max(axis=(0, 2))), self._next + self.hop * np.arange(m), done)
             self._next += m * self.hop
         cut = max(0, self._next - HALF_TAPS - self._b0)
         # a copy: what is kept (under a hop and the context) must not be a view of the caller's block
@@ -179,10 +190,11 @@ class PeakHops:
 
     def result(self, top: int = TOP_PEAKS) -> list[tuple[float, float]]:
         """[(time s, dBTP)] of the ``top`` highest hops, highest first (digital silence: [])."""
-        done = self._b0 + self._buf.shape[-1]
+        done = self._b0 + (0 if self._buf is None else self._buf.shape[-1])
         starts = np.arange(self._next, done, self.hop)
         if starts.size:  # the last hops, the final one short: no context after the signal
-            peaks = np.array([np.abs(self._buf[:, s - self._b0:min(done, s + self.hop) - self._b0]).max()
+            tail = np.asarray(backend.to_host(self._buf[:, self._next - self._b0:]))
+            peaks = np.array([np.abs(tail[:, s - self._next:min(done, s + self.hop) - self._next]).max()
                               for s in starts])
             self._offer(peaks, starts, done)
         self._next = done
@@ -233,7 +245,6 @@ class SideStream:
         if self.error is not None:
             return
         try:
-            x = backend.to_host(x)
             self.frames += x.shape[-1]
             self.welch.push(x)
             self.peaks.push(x)
@@ -257,7 +268,8 @@ def side_from_array(x, sample_rate: int, short_term_lufs=None) -> Side:
     """:class:`Side` of a whole signal ``(channels, samples)`` held in memory;
     ``short_term_lufs``: its series if the caller measured it already
     (:func:`kernels.loudness.measure_with_short_term`), else computed here."""
-    x = np.asarray(backend.to_host(x))
+    xp = backend.array_module(x)
+    x = xp.asarray(x)
     x = x.reshape(1, -1) if x.ndim == 1 else x
     s = SideStream(sample_rate, x.shape[0])
     s.push(x)

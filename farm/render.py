@@ -216,14 +216,7 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
     """One master. ``source``/``shared``: dicts a RenderGroup keeps across its
     members (the decoded input and its measurements, resampled copies, the
     shared stages' outputs); None for a lone track."""
-    src = task.track.source
-    out_spec = task.output
-
-    def lap(name, t0):
-        timings[name] = round(time.perf_counter() - t0, 4)
-        return time.perf_counter()
-
-    final = task.out_path
+    src, final = task.track.source, task.out_path
     # A task built by hand (not through farm.job, which checks this) may name the
     # input itself as its output; the rename would then replace the input.
     if os.path.exists(final) and os.path.exists(src) and os.path.samefile(final, src):
@@ -233,7 +226,7 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
     # over blocks instead; the header says how long it is before anything is decoded.
     head = audio.BlockReader(src, stream.BLOCK_QUANTUM)
     budget_mb = budget.resolve_budget_mb(task.memory_budget_mb)
-    rate = out_spec.sample_rate or head.sample_rate
+    rate = task.output.sample_rate or head.sample_rate
     frames = max(head.frames, -(-head.frames * rate // head.sample_rate))
     name = backend.resolve(task.backend)
     gpu_mb = budget.gpu_budget_mb(task.gpu_memory_budget_mb) if name != "cpu" else None
@@ -241,22 +234,54 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
             frames, head.channels, gpu_mb):
         with backend.track_stream(name):  # this worker thread's own CUDA stream (nothing on the CPU)
             return _render_streamed(task, head, budget_mb, name, timings, t_start)
+    with backend.track_stream(name):  # every device step of the track on this thread's own stream
+        return _render_whole(task, name, timings, t_start, source, shared)
+
+
+def _measured(x: np.ndarray, rate: int, name: str):
+    """``(x where it was measured, its rounded stats, its short-term series)``.
+
+    On a GPU worker the meters run on the device, so the host only decodes,
+    encodes, tags and cross-checks (its meters and the plot series were ~2.5 s
+    of host time per 4-min track, several times the codecs'); the device copy
+    is returned for the chain and the plot series to reuse. Out of GPU memory,
+    the measurement runs on the host instead of failing the track."""
+    try:
+        held = backend.to_device(x, name)
+        return (held, *_stats(held, rate))
+    except Exception as e:  # MemoryError is an Exception; anything else that is no GPU OOM re-raises
+        if name == "cpu" or not _is_gpu_oom(e):
+            raise
+    _free_gpu_memory()  # outside the except block: the failed attempt's arrays are gone
+    return (x, *_stats(x, rate))
+
+
+def _render_whole(task: RenderTask, name: str, timings: dict, t_start: float, source: dict | None,
+                  shared: dict | None) -> TrackResult:
+    """:func:`_render` for a programme held whole, on backend ``name``."""
+    src, out_spec, final = task.track.source, task.output, task.out_path
+
+    def lap(key, t0):
+        timings[key] = round(time.perf_counter() - t0, 4)
+        return time.perf_counter()
+
     source = {} if source is None else source
     t = time.perf_counter()
     if "dec" not in source:  # a group's first member decodes and measures for all
         dec = audio.decode(src)
         t = lap("decode", t)
         _check_length(src, dec.duration_s)
-        before, before_st = _stats(dec.audio, dec.sample_rate)
+        held, before, before_st = _measured(dec.audio, dec.sample_rate, name)
         t = lap("measure_input", t)
         if before["integrated_lufs"] is None:
             raise UnmeasurableError("silent (nothing above the -70 LUFS absolute gate): nothing to master")
-        source.update(dec=dec, before=before, before_st=before_st)
-    dec, before, before_st = source["dec"], dict(source["before"]), source["before_st"]
+        source.update(dec=dec, held=held, before=before, before_st=before_st)
+    dec, held, before, before_st = source["dec"], source["held"], dict(source["before"]), source["before_st"]
 
+    rate = out_spec.sample_rate or dec.sample_rate
     bit_depth = out_spec.bit_depth or dec.native_bit_depth
-    if ("x", rate) not in source:
-        source[("x", rate)] = audio.resample(dec.audio, dec.sample_rate, rate)
+    if ("x", rate) not in source:  # at the input's rate the chain takes the measured (device) copy
+        source[("x", rate)] = held if rate == dec.sample_rate else audio.resample(dec.audio, dec.sample_rate, rate)
         t = lap("resample", t)
     x = source[("x", rate)]
 
@@ -279,12 +304,12 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
         tags.write_tags(tmp, task.track.tags, loudness=loud_tags)
         t = lap("tag", t)
         check = audio.decode(tmp)
-        after, after_st = _stats(check.audio, check.sample_rate)
+        held_out, after, after_st = _measured(check.audio, check.sample_rate, name)
         checks, problems = _validate(task, dec, check, after, rate, bit_depth, check.audio)
-        # the report's plot series (farm.plots) of the input and the delivered file, pass or fail;
-        # their short-term loudness comes from the measurements above
-        plot_data = _plot_data(task, res, (dec.audio, dec.sample_rate, before_st),
-                               (check.audio, check.sample_rate, after_st), timings)
+        # the report's plot series (farm.plots) of the input and the delivered file, pass or fail,
+        # where they were measured; their short-term loudness comes from the measurements above
+        plot_data = _plot_data(task, res, (held, dec.sample_rate, before_st),
+                               (held_out, check.sample_rate, after_st), timings)
         return dataclasses.replace(_publish(task, tmp, res, before, after, checks, problems, name, timings,
                                             t_start, t), plot_data=plot_data)
 

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -124,13 +125,17 @@ def _staging(key: str, shape, dtype) -> np.ndarray:
 
 
 def to_device(x, backend: str = "auto"):
-    """Move a host array to the backend's memory (a no-op for the CPU).
+    """``x`` in the backend's memory: a host array is uploaded to the GPU, a
+    device array is returned as it is, and for the CPU either comes back as a
+    NumPy array (a no-op for one already on the host).
 
     On the GPU a large array goes through this thread's pinned staging buffer,
     copied on the current stream (:func:`track_stream`); the buffer is reused
     only after that copy has finished (an event recorded after it)."""
     if resolve(backend) != "gpu":
-        return np.asarray(x)
+        return to_host(x)
+    if is_device(x):
+        return x
     x = np.ascontiguousarray(x)
     if x.nbytes < PINNED_MIN_BYTES:
         return _cupy.asarray(x)
@@ -251,7 +256,17 @@ def signal(xp: ModuleType) -> ModuleType:
         import scipy.signal
 
         return scipy.signal
-    import cupyx.scipy.signal  # explicit import: cupyx does not load it lazily
+    return _cupyx_signal()
+
+
+@functools.lru_cache(maxsize=1)
+def _cupyx_signal() -> ModuleType:
+    # An explicit import (cupyx does not load it lazily). CuPy 14's import of it
+    # builds a kernel with cupyx.jit, which warns "cupyx.jit.rawkernel is
+    # experimental" (FutureWarning) each time; that says nothing about our use.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import cupyx.scipy.signal
 
     return cupyx.scipy.signal
 

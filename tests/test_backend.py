@@ -38,6 +38,9 @@ def test_gpu_round_trip_through_pinned_staging_is_exact(shape):
         np.testing.assert_array_equal(backend.to_host(dev), x)
         np.testing.assert_array_equal(backend.to_host(dev2), y[:, ::-1])
         np.testing.assert_array_equal(backend.to_host(dev[:, ::3]), x[:, ::3])
+        # an array already on the device stays where it is; "cpu" brings it home
+        assert backend.to_device(dev, "gpu") is dev
+        np.testing.assert_array_equal(backend.to_device(dev, "cpu"), x)
 
 
 @pytest.mark.gpu

@@ -23,6 +23,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 
 import numpy as np
 import pytest
@@ -98,12 +99,17 @@ def test_compose_has_a_scheduler_and_gpu_workers_sharing_data():
     assert all(p.startswith("127.0.0.1:") for p in sched["ports"]), sched["ports"]
 
 
-def test_dockerfile_builds_the_project_with_the_gpu_extra_on_a_cuda_base():
+def test_dockerfile_builds_the_project_with_cupy_on_a_cuda_base():
     with open(os.path.join(DEPLOY, "docker", "Dockerfile"), encoding="utf-8") as f:
         text = f.read()
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:[\w.\-]+-runtime-", text, re.M)
     assert re.search(r"^FROM \$\{CUDA_IMAGE\}", text, re.M)
-    assert "python3.11" in text and '".[gpu]"' in text
+    assert "python3.11" in text and 'pip install -e . "$GPU_EXTRA"' in text
+    # the same CuPy major as the gpu extra (the base image brings the CUDA libraries)
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        extra = tomllib.load(f)["project"]["optional-dependencies"]["gpu"]
+    wheel = re.search(r"^ARG GPU_EXTRA=(\S+)", text, re.M).group(1)
+    assert [wheel] == [e.replace("[ctk]", "") for e in extra], (wheel, extra)
     assert re.search(r'^ENTRYPOINT \["/opt/mastering-farm/deploy/launch.sh"\]', text, re.M)
     for src in re.findall(r"^COPY (\S+) ", text, re.M):  # everything it copies exists in the context
         assert os.path.exists(os.path.join(REPO, src)), src

@@ -28,6 +28,8 @@ the window stays open for seconds even on a loaded 2-core machine.
 """
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import dataclasses
 import hashlib
@@ -501,6 +503,9 @@ def test_render_track_records_the_cpu_fallback(tmp_path, monkeypatch):
 
     resolve = render.backend.resolve  # "gpu" passes as usable; the CPU path stays real
     monkeypatch.setattr(render.backend, "resolve", lambda name="auto": "gpu" if name == "gpu" else resolve(name))
+    # the pretended device holds the measured copies on the host, with no CUDA stream
+    monkeypatch.setattr(render.backend, "to_device", lambda x, name="auto": np.asarray(x))
+    monkeypatch.setattr(render.backend, "track_stream", lambda name="auto": contextlib.nullcontext())
     monkeypatch.setattr(render, "_run_chain", chain)
     task = dataclasses.replace(_task(tmp_path), backend="gpu")
     r = render.render_track(task)
@@ -508,6 +513,37 @@ def test_render_track_records_the_cpu_fallback(tmp_path, monkeypatch):
     assert r.backend == render.GPU_OOM_BACKEND == "cpu (gpu out of memory)"
     assert abs(r.result["integrated_lufs"] - TARGET) <= TOL and r.result["true_peak_dbtp"] <= CEILING
     assert os.path.exists(task.out_path) and not partials(os.path.dirname(task.out_path))
+
+
+def test_a_measurement_out_of_gpu_memory_runs_on_the_host(monkeypatch):
+    """render._measured: the meters run where the track is (the device on a GPU
+    worker); out of device memory they run on the host instead, and any other
+    error is not swallowed."""
+    import farm.render as render
+
+    x = music(4.0, RATE, 2, seed=5).astype(np.float32)
+    real = render._stats
+    calls = []
+
+    def stats(a, rate):
+        calls.append(a)
+        if len(calls) == 1:
+            raise MemoryError("simulated device out of memory")
+        return real(a, rate)
+
+    monkeypatch.setattr(render.backend, "to_device", lambda a, name="auto": a.copy())  # a "device" copy
+    monkeypatch.setattr(render, "_stats", stats)
+    held, st, series = render._measured(x, RATE, "gpu")
+    assert held is x and calls[1] is x  # measured again on the host array itself
+    want, want_series = real(x, RATE)
+    assert st == want and np.array_equal(series, want_series)
+
+    def broken(a, rate):
+        raise ValueError("not an out-of-memory")
+
+    monkeypatch.setattr(render, "_stats", broken)
+    with pytest.raises(ValueError):
+        render._measured(x, RATE, "gpu")
 
 
 @pytest.mark.gpu

@@ -19,7 +19,7 @@ from farm import budget, plots, synth
 from farm.records import STATUS_FAILED, STATUS_OK
 from farm.render import render_track
 from kernels import loudness as meter
-from test_render import one_task, write_audio
+from test_render import one_task, tasks_for, write_audio
 
 RATE = 48000
 
@@ -75,6 +75,44 @@ def test_block_fed_side_equals_the_whole_signal_side():
     np.testing.assert_array_equal(streamed.short_term_lufs, whole.short_term_lufs)
     assert streamed.true_peaks == whole.true_peaks
     assert streamed.duration_s == whole.duration_s == 9.0
+
+
+def test_the_series_are_taken_where_the_signal_is(xp):
+    """A device signal's side (Welch FFTs and hop peaks on the device, blocks that
+    straddle segments and hops) equals the host's: the GPU worker's plots cost its host nothing."""
+    x = 0.5 * _music(7.3)
+    want = plots.side_from_array(x, RATE)
+    lm = meter.LoudnessMeter(RATE, 2)
+    s = plots.SideStream(RATE, 2, short_term_from=lm)
+    dev = xp.asarray(x)
+    for i in range(0, x.shape[-1], 40_001):
+        lm.push(dev[:, i:i + 40_001])
+        s.push(dev[:, i:i + 40_001])
+    for got in (plots.side_from_array(dev, RATE), s.finish()):
+        assert got.duration_s == want.duration_s
+        np.testing.assert_allclose(got.spectrum_db, want.spectrum_db, atol=1e-6)
+        np.testing.assert_allclose(got.short_term_lufs, want.short_term_lufs, atol=1e-6)
+        assert [m[0] for m in got.true_peaks] == [m[0] for m in want.true_peaks]
+        np.testing.assert_allclose([m[1] for m in got.true_peaks], [m[1] for m in want.true_peaks], atol=1e-9)
+
+
+@pytest.mark.gpu
+def test_a_gpu_render_measures_and_plots_on_the_device_like_the_cpu(tmp_path):
+    """render_track on a GPU worker: the input and the re-decoded master are measured,
+    and their plot series taken, on the device; the record and the plot data agree
+    with the CPU render's (the chains differ by float32 rounding only)."""
+    write_audio(tmp_path / "a.wav", _music(9.0, peak_dbfs=-9.0), RATE, "PCM_24")
+    cpu, gpu = (render_track(tasks_for(tmp_path, [{"file": "a.wav", "title": "a"}], "master", out=name,
+                                       backend=name)[0]) for name in ("cpu", "gpu"))
+    assert cpu.status == gpu.status == STATUS_OK, (cpu.reason, gpu.reason)
+    assert gpu.backend == "gpu" and cpu.backend == "cpu"
+    assert gpu.input == cpu.input  # the same decoded input, measured on both (0.01 rounding)
+    for k in ("integrated_lufs", "true_peak_dbtp", "loudness_range_lu", "pyloudnorm_lufs"):
+        assert abs(gpu.result[k] - cpu.result[k]) <= 0.02, k
+    a, b = _plot_doc(cpu), _plot_doc(gpu)
+    np.testing.assert_allclose(a["input"]["spectrum_db"], b["input"]["spectrum_db"], atol=1e-6)
+    np.testing.assert_allclose(a["master_audio"]["spectrum_db"], b["master_audio"]["spectrum_db"], atol=0.05)
+    assert a["input"]["true_peaks"] == b["input"]["true_peaks"]
 
 
 def test_envelope_keeps_extremes_and_bounds_the_points():
