@@ -258,6 +258,33 @@ def test_curvature_bound_covers_sinusoids_between_points(xp):
         assert est.max() >= fine.max() * (1 - 1e-9)
 
 
+def test_a_correction_measures_again_only_where_the_applied_gain_changed(xp, monkeypatch):
+    """A correction's step curve can read 1 - 1e-16 over unit-gain stretches (the ramp's
+    running sums on a device are parallel scans, whose rounding differs by position):
+    the samples whose float32 gain is unchanged are not measured again, and the result
+    is the same as with exact ones."""
+    monkeypatch.setattr(limiter, "CURVATURE", 0.0)  # the check then has overs to correct
+    x = xp.asarray(0.25 * square(3000.0, 0.4, 48000, level_dbfs=6.0), dtype=xp.float32)
+    x[:, 9000:9600] *= 8.0  # one loud stretch: the overs, and so the corrections, are local
+    seen = {"exact": [], "fuzzy": []}
+    real_remeasure, real_curve = limiter._remeasure, limiter.gain_curve
+    run = "exact"
+
+    def remeasure(env, out, changed, factors):
+        seen[run].append(int(changed.sum()))
+        return real_remeasure(env, out, changed, factors)
+
+    monkeypatch.setattr(limiter, "_remeasure", remeasure)
+    exact = limit(x, 48000, LimiterParams(ceiling_dbtp=-1.0))
+    run = "fuzzy"
+    monkeypatch.setattr(limiter, "gain_curve", lambda *a: real_curve(*a) * (1.0 - 2e-16))
+    fuzzy = limit(x, 48000, LimiterParams(ceiling_dbtp=-1.0))
+    assert exact.corrections >= 1 and seen["exact"] == seen["fuzzy"], seen
+    # local (lookahead and release around the loud stretch); `step < 1` marked every sample
+    assert all(0 < k < 0.6 * x.shape[-1] for k in seen["exact"]), seen
+    assert backend.to_host(fuzzy.audio).tobytes() == backend.to_host(exact.audio).tobytes()
+
+
 def test_final_check_corrects_and_trims(xp, monkeypatch):
     """Plain 4x detection misses 16x peaks of full-band material; the check
     catches them (corrections), and with no corrections allowed the global
