@@ -311,6 +311,8 @@ class _Correction:
             if e > self.prev_env.end:
                 break
             lo, hi = max(0, s - HALF_TAPS), min(n, e + HALF_TAPS)
+            # (limit() decides by the applied float32 gain; on a device whose cumsum leaves the
+            # step at 1 - 1e-16 this measures more chunks again, to the same values)
             if backend.to_float(self.step.out.window(lo, hi).min()) < 1.0:
                 out = self.check.x.window(lo, hi) * self.gain.window(lo, hi).astype(self.check.dtype)
                 self.env.append(self.det.compute(_Buf.wrap(out, lo), s, e))
