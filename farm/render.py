@@ -305,7 +305,7 @@ def _render_whole(task: RenderTask, name: str, timings: dict, t_start: float, so
         t = lap("tag", t)
         check = audio.decode(tmp)
         held_out, after, after_st = _measured(check.audio, check.sample_rate, name)
-        checks, problems = _validate(task, dec, check, after, rate, bit_depth, check.audio)
+        checks, problems = _validate(task, dec, check, after, rate, bit_depth, held_out)
         # the report's plot series (farm.plots) of the input and the delivered file, pass or fail,
         # where they were measured; their short-term loudness comes from the measurements above
         plot_data = _plot_data(task, res, (held, dec.sample_rate, before_st),
@@ -513,7 +513,8 @@ def _validate(task: RenderTask, dec, check, after: dict, rate: int, bit_depth: i
 
     ``dec``/``check`` describe the input and the re-decoded master (frames,
     sample_rate, channels, duration_s); ``audio_out`` is the master's samples
-    for the second meter, or None where they are not held (a streamed render)."""
+    for the second meter (on the host, or the device copy a GPU worker measured),
+    or None where they are not held (a streamed render)."""
     d = task.delivery
     target = task.track.target_lufs if task.track.target_lufs is not None else d.target_lufs
     problems: list[str] = []
@@ -551,8 +552,27 @@ def _validate(task: RenderTask, dec, check, after: dict, rate: int, bit_depth: i
     return checks, problems
 
 
-def _pyloudnorm(x: np.ndarray, rate: int) -> float | None:
-    """Integrated loudness by pyloudnorm (the independent second meter), None if it has none."""
+def _pyloudnorm(x, rate: int) -> float | None:
+    """Integrated loudness by the independent second meter, None if it has none.
+
+    pyloudnorm itself on the host. A master held on a GPU is measured there by
+    pyloudnorm's own arithmetic and filters (:mod:`kernels.pyloudnorm_meter`,
+    held to pyloudnorm by the tests): pyloudnorm on the host was the largest
+    host cost a GPU worker had left per track. Out of device memory, pyloudnorm
+    runs on the host after all."""
+    if backend.is_device(x):
+        from kernels.pyloudnorm_meter import integrated_loudness
+
+        try:
+            v = integrated_loudness(x, rate)
+            return v if math.isfinite(v) else None
+        except ValueError:
+            return None
+        except Exception as e:  # MemoryError is an Exception; anything else that is no GPU OOM re-raises
+            if not _is_gpu_oom(e):
+                raise
+        x = backend.to_host(x)
+        _free_gpu_memory()
     import pyloudnorm
 
     m = pyloudnorm.Meter(rate, filter_class="DeMan")

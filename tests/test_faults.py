@@ -546,6 +546,29 @@ def test_a_measurement_out_of_gpu_memory_runs_on_the_host(monkeypatch):
         render._measured(x, RATE, "gpu")
 
 
+def test_the_second_meter_on_a_device_falls_back_to_pyloudnorm_when_out_of_memory(monkeypatch):
+    """render._pyloudnorm: a master held on a device is measured there by pyloudnorm's
+    arithmetic (kernels.pyloudnorm_meter); out of device memory, by pyloudnorm on the host."""
+    import farm.render as render
+    from kernels import pyloudnorm_meter
+
+    x = music(3.0, RATE, 2, seed=6).astype(np.float32)
+    host = render._pyloudnorm(x, RATE)
+    real, calls = pyloudnorm_meter.integrated_loudness, []
+
+    def port(a, rate):
+        calls.append(a)
+        if len(calls) == 1:
+            raise MemoryError("simulated device out of memory")
+        return real(a, rate)
+
+    monkeypatch.setattr(pyloudnorm_meter, "integrated_loudness", port)
+    monkeypatch.setattr(render.backend, "is_device", lambda a: a is x)  # x plays the device copy
+    monkeypatch.setattr(render.backend, "to_host", lambda a: np.array(a))
+    assert render._pyloudnorm(x, RATE) == host  # out of memory: pyloudnorm itself
+    assert abs(render._pyloudnorm(x, RATE) - host) < 1e-9 and calls[-1] is x  # the port, on the "device"
+
+
 @pytest.mark.gpu
 def test_real_cupy_oom_is_recognised_and_falls_back(tmp_path):
     """On a GPU: a real oversized allocation raises what the fallback catches, and a
