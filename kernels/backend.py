@@ -195,6 +195,28 @@ def _abs_max_kernel():
                                  "farm_abs_max")
 
 
+# NVRTC options of every RawKernel: no fused multiply-adds, so a kernel's float
+# arithmetic rounds as the same C source compiled for the host does (the tests run
+# each kernel's source on the CPU, tests/cuda_host.py, and hold it to the NumPy path).
+RAW_KERNEL_OPTIONS = ("--fmad=false",)
+RAW_KERNEL_THREADS = 128  # threads per block of a grid-stride RawKernel launch
+
+
+@functools.lru_cache(maxsize=None)
+def raw_kernel(source: str, name: str):
+    """The CuPy RawKernel ``name`` of CUDA C ``source`` (compiled by NVRTC on first
+    launch, :data:`RAW_KERNEL_OPTIONS`)."""
+    return _cupy.RawKernel(source, name, options=RAW_KERNEL_OPTIONS)
+
+
+def launch(source: str, name: str, work_items: int, args: tuple) -> None:
+    """Launch a grid-stride kernel (``for (t = thread; t < work_items; t += grid)``)
+    over ``work_items`` on the current stream: enough blocks to cover them, capped
+    (the loop takes the rest)."""
+    blocks = max(1, min(-(-int(work_items) // RAW_KERNEL_THREADS), 1 << 16))
+    raw_kernel(source, name)((blocks,), (RAW_KERNEL_THREADS,), args)
+
+
 def to_float(x) -> float:
     """A Python float from a 0-d array on either backend (synchronises the GPU)."""
     return float(to_host(x))

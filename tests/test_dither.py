@@ -96,3 +96,55 @@ def test_compiled_noise_shaping_equals_the_vectorised_loop_bit_for_bit(monkeypat
         monkeypatch.setattr(dither_mod, "HOST_COMPILED", True)
         assert compiled.dtype == vectorised.dtype == np.float32
         assert compiled.tobytes() == vectorised.tobytes()
+
+
+def test_device_noise_shaping_kernel_source_equals_the_host_loop_on_the_cpu():
+    """kernels.dither.SHAPING_CUDA, the device's kernel, compiled for the CPU
+    (tests/cuda_host.py) with the device's float rules: the same bytes as the
+    compiled host loop, with and without dither, for partial chunks and clipping."""
+    cuda_host = pytest.importorskip("cuda_host")
+    if cuda_host.compiler() is None:
+        pytest.skip("no g++ to compile the kernel source for the host")
+    from kernels import dither as dither_mod
+
+    rng = np.random.default_rng(11)
+    x = (0.4 * rng.standard_normal((3, 2 * dither_mod.SHAPING_CHUNK + 999))).astype(np.float32)
+    x[1, :50] = 1.7  # past full scale: the clip
+    scale = 2.0 ** 15
+    for d in (None, rng.random(x.shape) - rng.random(x.shape)):
+        want = dither_mod._shaped_host(x, d, scale)
+        out = np.empty(x.shape, dtype=np.float32)
+        work, args = dither_mod.shaping_args(x.astype(np.float64), d, scale, out)
+        assert work == 3 * 3
+        cuda_host.run(dither_mod.SHAPING_CUDA, "farm_lipshitz_shape", args)
+        assert out.tobytes() == want.tobytes()
+
+
+def test_device_kernel_sources_compile_for_hopper():
+    """Every RawKernel source compiles with nvcc for sm_90 (where nvcc is installed)."""
+    import shutil
+
+    from kernels import dither as dither_mod
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed here")
+    from cuda_host import nvcc_ptx
+
+    r = nvcc_ptx(dither_mod.SHAPING_CUDA)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.gpu
+def test_device_noise_shaping_equals_the_host_for_the_same_noise():
+    """On a GPU: the kernel against the host loop, fed the same TPDF noise."""
+    import cupy
+
+    from kernels import dither as dither_mod
+
+    rng = np.random.default_rng(12)
+    x = (0.4 * rng.standard_normal((2, 5 * dither_mod.SHAPING_CHUNK + 3))).astype(np.float32)
+    d = rng.random(x.shape) - rng.random(x.shape)
+    for noise in (None, d):
+        want = dither_mod._shaped_host(x, noise, 2.0 ** 15)
+        got = dither_mod._shaped_device(cupy.asarray(x), None if noise is None else cupy.asarray(noise), 2.0 ** 15)
+        assert cupy.asnumpy(got).tobytes() == want.tobytes()
