@@ -173,12 +173,10 @@ def _gain(n: int, rate: int, lookahead_ms: float) -> list[tuple[str, float]]:
 def _detect(c: int, n: int, factor: int) -> list[tuple[str, float]]:
     """limiter.detection_pair at ``factor`` (phases 1..factor-1 computed): e0 and e1."""
     u = c * n * F32
-    p, f = factor - 1, factor
+    p = factor - 1
     return (_prefix(f"{p}-phase interpolation", _conv(c, n, 65, p))
-            + [(f"curvature: points in time order ({f + 2} rows)", 2 * (p + 3) * u),
-               ("second difference, |.|, x kappa", 9 * f * u + 4 * f * u),
-               ("|points|, add", 2 * f * u + 3 * f * u),
-               ("max over channels and points (e0, e1)", 2 * f * u + 6 * n * F32)])
+            + [("curvature pair: one kernel (limiter.CURVED_PAIR_CUDA: points read once, e0 e1 written)",
+                (p + 2) * u + 2 * n * F32)])
 
 
 def _gated(n: int) -> list[tuple[str, float]]:

@@ -395,19 +395,34 @@ def pair_chunk(xp, xw, off: int, s: int, e: int, n: int, bank, factor: int, curv
     """``(e0[s:e], e1[s:e])`` of :func:`detection_pair`, with ``xw`` holding
     samples ``[off, ...)`` as in :func:`envelope_chunk` (and the same grid, so a
     streamed window gives the whole signal's values to the bit)."""
+    return _curved_pair(xp, *pair_views(xw, off, s, e, n, bank), factor, curvature)
+
+
+def pair_views(xw, off: int, s: int, e: int, n: int, bank):
+    """(core, nxt, ph) of :func:`_curved_pair` for chunk ``[s, e)`` (``xw`` as in
+    :func:`pair_chunk`): views of the signal and of its phases' one FFT convolution."""
     h = HALF_TAPS
     lo, hi = max(0, s - h), min(n, e + h)
     core = xw[:, s - off:e - off]
     # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); signal sample i sits at column i - lo + H
     full = fftconvolve(xw[:, None, lo - off:hi - off], bank, mode="full")
     nxt = xw[:, s + 1 - off:min(n, e + 1) - off]
-    return _curved_pair(xp, core, nxt, full[..., s - lo + h - 1:e - lo + h], factor, curvature)
+    return core, nxt, full[..., s - lo + h - 1:e - lo + h]
 
 
 def _curved_pair(xp, core, nxt, ph, factor: int, kappa: float):
     """One chunk of both detection envelopes: ``core`` holds its base samples,
     ``nxt`` the samples one later (one fewer at the signal's end), ``ph`` phases
-    1..factor-1 from one base sample before the chunk on."""
+    1..factor-1 from one base sample before the chunk on.
+
+    The array operations below are the reference; float32 on a device runs
+    :data:`CURVED_PAIR_CUDA`, one pass that reads the points once (the arrays
+    here moved ~8.7 GB per 4-min track through device memory, bench/kernels.py)."""
+    if xp is not np and core.dtype == xp.float32:
+        e0, e1 = xp.empty(core.shape[1], dtype=xp.float32), xp.empty(core.shape[1], dtype=xp.float32)
+        work, args = curved_pair_args(core, nxt, ph, factor, kappa, e0, e1)
+        backend.launch(CURVED_PAIR_CUDA, "farm_curved_pair", work, args)
+        return e0, e1
     c, m = core.shape
     # The oversampled points in time order, with one neighbour on each side:
     # phase factor-1 of sample n-1, x[n], phases 1..factor-1 of n, x[n+1].
@@ -426,6 +441,59 @@ def _curved_pair(xp, core, nxt, ph, factor: int, kappa: float):
     e0 = mid.max(axis=(0, 1))
     mid += d
     return e0, mid.max(axis=(0, 1))
+
+
+# _curved_pair in one pass: a thread per base sample n walks the channels and the
+# points z_0..z_{factor+1} (phase factor-1 of n-1, x[n], phases 1..factor-1 of n,
+# x[n+1]) and keeps the two maxima. The reference's float32 operations in its
+# order, with NaN winning every comparison as numpy's max propagates it.
+CURVED_PAIR_CUDA = r"""
+extern "C" __global__ void farm_curved_pair(
+        const float* __restrict__ core, const long long core_c,
+        const float* __restrict__ nxt, const long long nxt_c, const long long nxt_len,
+        const float* __restrict__ ph, const long long ph_c, const long long ph_p,
+        const int channels, const int factor, const long long m, const float kappa,
+        float* __restrict__ e0, float* __restrict__ e1) {
+    for (long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x; n < m;
+         n += (long long)blockDim.x * gridDim.x) {
+        float best0 = 0.0f, best1 = 0.0f;
+        for (int c = 0; c < channels; ++c) {
+            const float* p = ph + c * ph_c;
+            float prev = p[(long long)(factor - 2) * ph_p + n];  /* phase factor-1 of n-1 */
+            float cur = core[c * core_c + n];
+            for (int k = 1; k <= factor; ++k) {
+                const float next = k < factor ? p[(long long)(k - 1) * ph_p + n + 1]
+                                              : (n < nxt_len ? nxt[c * nxt_c + n] : 0.0f);
+                float d = prev + next;
+                d = d - cur;
+                d = d - cur;
+                d = fabsf(d) * kappa;
+                const float a = fabsf(cur);
+                const float v = a + d;
+                if (a > best0 || a != a) best0 = a;
+                if (v > best1 || v != v) best1 = v;
+                prev = cur;
+                cur = next;
+            }
+        }
+        e0[n] = best0;
+        e1[n] = best1;
+    }
+}
+"""
+
+
+def curved_pair_args(core, nxt, ph, factor: int, kappa: float, e0, e1) -> tuple[int, tuple]:
+    """(work items, arguments) of :data:`CURVED_PAIR_CUDA` for :func:`_curved_pair`'s
+    float32 views (last axis contiguous) and outputs ``e0``, ``e1`` (m,)."""
+    def step(a, axis):  # elements between neighbours along ``axis``
+        return np.int64(a.strides[axis] // a.itemsize)
+
+    for a in (core, nxt, ph):
+        assert a.strides[-1] == a.itemsize, "the sample axis must be contiguous"
+    c, m = core.shape
+    return m, (core, step(core, 0), nxt, step(nxt, 0), np.int64(nxt.shape[1]), ph, step(ph, 0), step(ph, 1),
+               np.int32(c), np.int32(factor), np.int64(m), np.float32(kappa), e0, e1)
 
 
 def required_gain(env, ceiling: float):

@@ -54,9 +54,9 @@ def load(source: str) -> ctypes.CDLL:
 
 
 def arg(v):
-    """A kernel argument as ctypes passes it: arrays by pointer, NumPy scalars by C type."""
+    """A kernel argument as ctypes passes it: arrays by the address of their first
+    element (a view's strides are the kernel's other arguments), NumPy scalars by C type."""
     if isinstance(v, np.ndarray):
-        assert v.flags.c_contiguous, "kernel arrays must be C-contiguous"
         return ctypes.c_void_p(v.ctypes.data)
     return {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
             np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}[np.asarray(v).dtype](v)

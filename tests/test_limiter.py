@@ -352,3 +352,54 @@ def test_remeasure_equals_a_whole_track_measurement(xp):
     limiter._remeasure(env, y, xp.asarray(changed), (4, 16))
     full = peak_envelope(y, (4, 16))
     np.testing.assert_allclose(backend.to_host(env), backend.to_host(full), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("factor", [4, 8, 16])
+def test_device_curvature_kernel_source_equals_the_reference_on_the_cpu(factor):
+    """kernels.limiter.CURVED_PAIR_CUDA (the device's one-pass detection pair),
+    compiled for the CPU (tests/cuda_host.py) with the device's float rules and fed
+    the same views: the reference's bytes, for chunks inside and at the end of the
+    signal, 1, 2 and 6 channels, a NaN sample."""
+    cuda_host = pytest.importorskip("cuda_host")
+    if cuda_host.compiler() is None:
+        pytest.skip("no g++ to compile the kernel source for the host")
+    from kernels.oversample import phase_bank
+
+    rng = np.random.default_rng(factor)
+    bank = np.asarray(phase_bank((factor,)), dtype=np.float32)
+    for channels in (1, 2, 6):
+        x = (0.5 * rng.standard_normal((channels, 5000))).astype(np.float32)
+        x[0, 3210] = np.nan if channels == 6 else x[0, 3210]
+        n = x.shape[-1]
+        for s, e in ((0, 1500), (1500, 4000), (4000, n)):
+            core, nxt, ph = limiter.pair_views(x, 0, s, e, n, bank)
+            want = limiter._curved_pair(np, core, nxt, ph, factor, limiter.CURVATURE)
+            got = np.empty(e - s, dtype=np.float32), np.empty(e - s, dtype=np.float32)
+            work, args = limiter.curved_pair_args(core, nxt, ph, factor, limiter.CURVATURE, *got)
+            assert work == e - s
+            cuda_host.run(limiter.CURVED_PAIR_CUDA, "farm_curved_pair", args)
+            for g, w in zip(got, want):
+                assert g.tobytes() == w.tobytes(), (channels, s, e)
+
+
+@pytest.mark.gpu
+def test_device_curvature_kernel_equals_the_reference_on_the_same_views():
+    """On a GPU: the kernel against the reference array operations run on the host
+    over the same (device-computed) views: the same bytes; and detection_pair on the
+    device close to the host's (the FFTs differ)."""
+    import cupy
+
+    from kernels.oversample import phase_bank
+
+    x = music(3.0, 48000, 2).astype(np.float32)
+    dev = cupy.asarray(x)
+    n = x.shape[-1]
+    bank = cupy.asarray(phase_bank((4,)), dtype=cupy.float32)
+    for s, e in ((0, 50_000), (50_000, n)):
+        views = limiter.pair_views(dev, 0, s, e, n, bank)
+        got = limiter._curved_pair(cupy, *views, 4, limiter.CURVATURE)
+        want = limiter._curved_pair(np, *(cupy.asnumpy(v) for v in views), 4, limiter.CURVATURE)
+        for g, w in zip(got, want):
+            assert cupy.asnumpy(g).tobytes() == w.tobytes()
+    for g, w in zip(limiter.detection_pair(dev, 4, limiter.CURVATURE), limiter.detection_pair(x, 4, limiter.CURVATURE)):
+        np.testing.assert_allclose(cupy.asnumpy(g), w, rtol=1e-5, atol=1e-6)
