@@ -59,7 +59,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from farm.demo import arrange  # noqa: E402
 from farm.synth import music  # noqa: E402
-from kernels import backend, dither, eq, limiter, loudness, oversample, reverb  # noqa: E402
+from kernels import backend, dither, eq, limiter, loudness, oversample, pyloudnorm_meter, reverb  # noqa: E402
 from kernels.chain import master  # noqa: E402
 from kernels.params import (ChainParams, DitherParams, EQBand, EQParams, LimiterParams,  # noqa: E402
                             LoudnessParams, ReverbParams)
@@ -72,6 +72,7 @@ REVERB = ReverbParams(ir="hall", decay_s=REVERB_IR_S / max(reverb.SPACES["hall"]
 LIMITER = LimiterParams(ceiling_dbtp=-1.0, oversample=4)
 LIMITER_DRIVE_DB = 6.0
 DITHER = DitherParams(bit_depth=16)
+DITHER_SHAPED = DitherParams(bit_depth=16, noise_shaping="lipshitz")  # an extra row: no preset shapes today
 CHAIN = ChainParams(eq=EQ, reverb=REVERB, loudness=LoudnessParams(target_lufs=-14.0),
                     limiter=LIMITER, dither=DITHER)
 
@@ -407,6 +408,19 @@ def run(name: str, seconds: float, rate: int, repeat: int, flat: bool = False, b
         rows.append((label, r["best"]))
         timed.append((key, label, r["median"]))
         show(label, r)
+    # Timed and shown, outside the chain and its floor table: noise-shaped dither (off in
+    # every preset) and the second meter a render runs on each master (pyloudnorm on the
+    # host; its arithmetic where the samples are, kernels.pyloudnorm_meter).
+    extras = [("dither 16-bit TPDF, Lipshitz shaping", lambda: dither.quantize(x, DITHER_SHAPED)),
+              ("second meter (pyloudnorm_meter)", lambda: pyloudnorm_meter.integrated_loudness(x, rate))]
+    if not gpu:
+        import pyloudnorm
+
+        meter = pyloudnorm.Meter(rate, filter_class="DeMan")
+        extras.append(("second meter (pyloudnorm itself)",
+                       lambda: meter.integrated_loudness(host.T.astype(np.float64))))
+    for label, fn in extras:
+        show(label, timeit(fn, xp, repeat))
     r = timeit(lambda: master(x, rate, CHAIN), xp, repeat)
     best, res = r["best"], r["out"]
     label = "WHOLE CHAIN master() -14 LUFS"

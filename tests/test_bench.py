@@ -1,4 +1,4 @@
-"""bench/kernels.py on the CPU backend (a few seconds of audio) and bench/gpu_run.sh's syntax.
+"""bench/kernels.py and bench/host.py on the CPU (a few seconds of audio) and bench/gpu_run.sh's syntax.
 
 The GPU half of the benchmark (CUDA events, the device-copy bandwidth) runs
 only where CuPy sees a GPU; these tests keep its shared code path (timing,
@@ -47,6 +47,7 @@ def test_kernels_bench_prints_the_floor_table_on_the_cpu(bench, capsys):
     assert bench.main(["--seconds", "6", "--repeat", "1", "--backend", "cpu", "--bandwidth-mib", "16"]) == 0
     out = capsys.readouterr().out
     assert "WHOLE CHAIN master() -14 LUFS" in out
+    assert "Lipshitz shaping" in out and "second meter (pyloudnorm_meter)" in out  # the extra rows
     assert "cpu  bandwidth" in out and "GB/s" in out
     header = next(line for line in out.splitlines() if "model GB" in line)
     assert "floor ms" in header and "reached" in header and "ideal GB" in header
@@ -64,3 +65,15 @@ def test_model_only_mode(bench, capsys):
 
 def test_gpu_run_script_parses():
     subprocess.run(["bash", "-n", os.path.join(REPO, "bench", "gpu_run.sh")], check=True)
+
+
+def test_host_bench_prints_both_workers_bounds(capsys):
+    spec = importlib.util.spec_from_file_location("bench_host", os.path.join(REPO, "bench", "host.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--seconds", "3", "--repeat", "1", "--format", "wav"]) == 0
+    out = capsys.readouterr().out
+    lines = {w: next(line for line in out.splitlines() if line.strip().startswith(f"{w} worker:")) for w in ("CPU", "GPU")}
+    bound = {w: float(line.split("at most")[1].split("%")[0]) for w, line in lines.items()}
+    assert 0 < bound["CPU"] < bound["GPU"] < 100  # the device takes the meters off the GPU worker's host
+    assert "second meter (pyloudnorm)" in out and "no (device)" in out
