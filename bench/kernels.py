@@ -123,26 +123,23 @@ def _prefix(name: str, terms) -> list[tuple[str, float]]:
 
 
 def _kweight(c: int, n: int, rate: int) -> list[tuple[str, float]]:
-    """loudness.weighted_power + cumulative sum, the device path (1 s chunks, 0.25 s warm-up each)."""
+    """loudness.weighted_power + cumulative sum, the device path (1 s chunks, 0.25 s warm-up
+    each; float32 input: the frames and the power are one kernel each)."""
     from kernels import loudness
 
     chunk = int(round(loudness.K_WEIGHT_CHUNK_S * rate))
     warm = int(math.ceil(loudness.K_WEIGHT_WARMUP_S * rate))
     u, s64, m64 = c * n * F32, c * n * F64, n * F64
     if n <= 2 * chunk:
-        framed = s64
-        terms = [("to float64", u + s64)]
-    else:
-        count = -(-n // chunk)
-        framed = c * count * (warm + chunk) * F64
-        terms = [("to float64", u + s64), ("padded (zeros, copy in)", c * (warm + count * chunk) * F64 + 2 * s64),
-                 ("frame index", count * (warm + chunk) * 8),
-                 ("frames (gather)", 2 * framed + c * count * (warm + chunk) * 8)]
-    terms += [("sosfilt (2 biquads, one pass)", 2 * framed)]
-    if n > 2 * chunk:
-        terms += [("drop warm-up (reshape copy)", 2 * s64)]
-    terms += [("channel power sum", m64 + c * 7 * m64), ("cumulative sum (+ concatenate)", 4 * m64)]
-    return terms
+        return [("to float64", u + s64), ("sosfilt (2 biquads, one pass)", 2 * s64),
+                ("channel power sum", m64 + c * 7 * m64), ("cumulative sum (+ concatenate)", 4 * m64)]
+    count = -(-n // chunk)
+    framed = c * count * (warm + chunk) * F64
+    return [("frames: one kernel (loudness.K_FRAMES_CUDA: x read, float64 frames written)",
+             u * (warm + chunk) / chunk + framed),
+            ("sosfilt (2 biquads, one pass)", 2 * framed),
+            ("weighted power: one kernel (loudness.K_POWER_CUDA: frames read past the warm-up)", s64 + m64),
+            ("cumulative sum (+ concatenate)", 4 * m64)]
 
 
 def _true_peak(c: int, n: int, factor: int) -> list[tuple[str, float]]:
@@ -205,9 +202,10 @@ def _limit_unchecked(c: int, n: int, rate: int, factor: int, lookahead_ms: float
 
 
 def _dither(c: int, n: int) -> list[tuple[str, float]]:
+    """dither.quantize, flat TPDF on float32: the draws, then one kernel per block."""
     u = c * n * F32
-    return [("to float64, x scale", 3 * u + 4 * u), ("two uniform draws (float64)", 4 * u),
-            ("add, subtract draws", 12 * u), ("rint, clip, / scale", 12 * u), ("to float32 out", 3 * u)]
+    return [("two uniform draws (float64, written)", 4 * u),
+            ("quantize: one kernel (dither.FLAT_CUDA: x and the draws read, float32 written)", u + 4 * u + u)]
 
 
 def _loudness(c: int, n: int, rate: int, full: bool) -> list[tuple[str, float]]:

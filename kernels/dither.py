@@ -116,17 +116,71 @@ def _quantize(xp, x, params: DitherParams, g):
     # cache on the host (8 whole-track float64 arrays took ~1 s for 4 min stereo).
     out = xp.empty(x.shape, dtype=xp.float32)
     n = x.shape[-1]
+    fused = xp is not np and x.dtype == xp.float32 and x.ndim == 2
     for s in range(0, n, block):  # a loop over blocks of 64k samples, not over samples
-        v = x[..., s:s + block].astype(xp.float64)
-        v *= scale
-        if g is not None:
-            v += g.random(v.shape, dtype=xp.float64)
-            v -= g.random(v.shape, dtype=xp.float64)
-        xp.rint(v, out=v)
-        xp.clip(v, -scale, scale - 1.0, out=v)
-        v /= scale
-        out[..., s:s + block] = v
+        xs = x[..., s:s + block]
+        r1 = r2 = None
+        if g is not None:  # the block's two uniform draws, in this order
+            r1 = g.random(xs.shape, dtype=xp.float64)
+            r2 = g.random(xs.shape, dtype=xp.float64)
+        if fused:  # one pass on the device (FLAT_CUDA)
+            work, args = flat_args(xs, r1, r2, scale, out[:, s:s + block])
+            backend.launch(FLAT_CUDA, "farm_tpdf_quantize", work, args)
+        else:
+            out[..., s:s + block] = flat_block(xp, xs, r1, r2, scale)
     return out
+
+
+def flat_block(xp, xs, r1, r2, scale: float):
+    """One block of flat TPDF quantization in float64 (full-scale units on the
+    PCM grid): ``clip(rint(xs * scale + r1 - r2), -scale, scale - 1) / scale``,
+    without dither when ``r1`` is None."""
+    v = xs.astype(xp.float64)
+    v *= scale
+    if r1 is not None:
+        v += r1
+        v -= r2
+    xp.rint(v, out=v)
+    xp.clip(v, -scale, scale - 1.0, out=v)
+    v /= scale
+    return v
+
+
+# flat_block in one pass on the device: reads the float32 block and its draws once,
+# writes the float32 output (the array path's five float64 passes per block); its
+# float64 operations in their order, so the same bits.
+FLAT_CUDA = r"""
+extern "C" __global__ void farm_tpdf_quantize(
+        const float* __restrict__ x, const long long x_row, const double* __restrict__ r1,
+        const double* __restrict__ r2, const int dithered, const long long rows, const long long m,
+        const double scale, float* __restrict__ out, const long long out_row) {
+    const double top = scale - 1.0;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < rows * m;
+         t += (long long)blockDim.x * gridDim.x) {
+        const long long r = t / m, i = t - r * m;
+        double v = (double)x[r * x_row + i] * scale;
+        if (dithered) {
+            v = v + r1[t];
+            v = v - r2[t];
+        }
+        v = rint(v);
+        v = fmin(fmax(v, -scale), top);
+        out[r * out_row + i] = (float)(v / scale);
+    }
+}
+"""
+
+
+def flat_args(xs, r1, r2, scale: float, out) -> tuple[int, tuple]:
+    """(work items, arguments) of :data:`FLAT_CUDA` for a float32 block ``xs``
+    (rows, m) and ``out`` like it (views whose rows are contiguous), draws ``r1``,
+    ``r2`` C-contiguous (rows, m) float64 or None."""
+    rows, m = xs.shape
+    assert xs.strides[-1] == xs.itemsize and out.strides[-1] == out.itemsize
+    dithered = r1 is not None
+    return rows * m, (xs, np.int64(xs.strides[0] // xs.itemsize), r1 if dithered else xs,
+                      r2 if dithered else xs, np.int32(dithered), np.int64(rows), np.int64(m), np.float64(scale),
+                      out, np.int64(out.strides[0] // out.itemsize))
 
 
 class QuantizeStream(Streamer):

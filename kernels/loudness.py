@@ -195,28 +195,110 @@ def k_weight(x, sample_rate: int, chunk_s: float | None = None):
     """
     rate = _check_rate(sample_rate)
     xp, x = _as_2d(x)
-    if chunk_s is None:
-        chunk_s = 0.0 if xp is np else K_WEIGHT_CHUNK_S
     n = x.shape[-1]
     if n == 0:
         return xp.zeros(x.shape, dtype=xp.float64)
+    chunk = _k_chunk(xp, n, rate, chunk_s)
+    if not chunk:
+        if xp is np:
+            return scan.sosfilt(k_weighting_sos(rate), x)  # reads float32 as it is: no float64 copy first
+        return backend.signal(xp).sosfilt(xp.asarray(k_weighting_sos(rate)), x.astype(xp.float64, copy=False),
+                                          axis=-1)
+    y, warm = _weighted_frames(x, rate, chunk)
+    return y[..., warm:].reshape(x.shape[0], y.shape[1] * chunk)[:, :n]
+
+
+def _k_chunk(xp, n: int, rate: int, chunk_s: float | None) -> int:
+    """Samples per chunk of :func:`k_weight`'s chunked path, 0 for one pass over the whole signal."""
+    if chunk_s is None:
+        chunk_s = 0.0 if xp is np else K_WEIGHT_CHUNK_S
     chunk = int(round(chunk_s * rate))
-    if xp is np and (chunk <= 0 or n <= 2 * chunk):
-        return scan.sosfilt(k_weighting_sos(rate), x)  # reads float32 as it is: no float64 copy first
-    sig = backend.signal(xp)
-    sos = xp.asarray(k_weighting_sos(rate))
-    x64 = x.astype(xp.float64, copy=False)
-    if chunk <= 0 or n <= 2 * chunk:
-        return sig.sosfilt(sos, x64, axis=-1)
+    return 0 if chunk <= 0 or n <= 2 * chunk else chunk
+
+
+def _weighted_frames(x, rate: int, chunk: int):
+    """``(y, warm)``: the K-weighted frames (channels, count, warm + chunk) float64 of
+    :func:`k_weight`'s chunked path, frame f being chunk f preceded by its warm-up
+    (zeros before the signal and after its end)."""
+    xp = backend.array_module(x)
+    c, n = x.shape
     warm = int(math.ceil(K_WEIGHT_WARMUP_S * rate))
     count = -(-n // chunk)
-    padded = xp.zeros((x64.shape[0], warm + count * chunk), dtype=xp.float64)
-    padded[:, warm:warm + n] = x64
-    # frame f reads padded[f*chunk : f*chunk + warm + chunk]: warm-up, then its chunk
-    idx = (xp.arange(count)[:, None] * chunk + xp.arange(warm + chunk)[None, :])
-    frames = padded[:, idx]  # (C, count, warm + chunk)
-    y = sig.sosfilt(sos, frames, axis=-1)[..., warm:]
-    return y.reshape(x64.shape[0], count * chunk)[:, :n]
+    if xp is not np and x.dtype == xp.float32:  # one pass: read x, write the frames (K_FRAMES_CUDA)
+        frames = xp.empty((c, count, warm + chunk), dtype=xp.float64)
+        work, args = frames_args(xp.ascontiguousarray(x), chunk, warm, frames)
+        backend.launch(K_FRAMES_CUDA, "farm_k_frames", work, args)
+    else:
+        padded = xp.zeros((c, warm + count * chunk), dtype=xp.float64)
+        padded[:, warm:warm + n] = x
+        # frame f reads padded[f*chunk : f*chunk + warm + chunk]: warm-up, then its chunk
+        idx = (xp.arange(count)[:, None] * chunk + xp.arange(warm + chunk)[None, :])
+        frames = padded[:, idx]  # (C, count, warm + chunk)
+    sos = xp.asarray(k_weighting_sos(rate))
+    return backend.signal(xp).sosfilt(sos, frames, axis=-1), warm
+
+
+# The chunked K-weighting's copies as single passes on a device: the frames read
+# straight from the float32 signal (no float64 copy, zero-padded copy, index array
+# and gather first), and the weighted power summed straight from the filtered
+# frames (no cropped copy, no per-channel temporaries). _power's float64
+# operations in its order, so the same bits as the array path.
+K_FRAMES_CUDA = r"""
+extern "C" __global__ void farm_k_frames(
+        const float* __restrict__ x, const long long n, const long long channels,
+        const long long chunk, const long long warm, const long long count,
+        double* __restrict__ frames) {
+    const long long width = warm + chunk;
+    const long long total = channels * count * width;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+         t += (long long)blockDim.x * gridDim.x) {
+        const long long c = t / (count * width);
+        const long long r = t - c * count * width;
+        const long long f = r / width;
+        const long long i = f * chunk + (r - f * width) - warm;
+        frames[t] = (i >= 0 && i < n) ? (double)x[c * n + i] : 0.0;
+    }
+}
+"""
+
+K_POWER_CUDA = r"""
+extern "C" __global__ void farm_k_power(
+        const double* __restrict__ y, const long long channels, const long long count,
+        const long long chunk, const long long warm, const long long n,
+        const double* __restrict__ w, double* __restrict__ p) {
+    const long long width = warm + chunk;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) {
+        const long long f = i / chunk;
+        const long long at = f * width + warm + (i - f * chunk);
+        double acc = 0.0;
+        for (long long c = 0; c < channels; ++c) {
+            const double g = w[c];
+            if (g != 0.0) {
+                const double v = y[c * count * width + at];
+                acc = acc + g * (v * v);
+            }
+        }
+        p[i] = acc;
+    }
+}
+"""
+
+
+def frames_args(x, chunk: int, warm: int, frames) -> tuple[int, tuple]:
+    """(work items, arguments) of :data:`K_FRAMES_CUDA`: C-contiguous float32 ``x``
+    (channels, n) into ``frames`` (channels, count, warm + chunk) float64."""
+    c, n = x.shape
+    return frames.size, (x, np.int64(n), np.int64(c), np.int64(chunk), np.int64(warm), np.int64(frames.shape[1]),
+                         frames)
+
+
+def power_args(y, warm: int, chunk: int, n: int, w, p) -> tuple[int, tuple]:
+    """(work items, arguments) of :data:`K_POWER_CUDA`: C-contiguous filtered frames
+    ``y`` (channels, count, warm + chunk) float64, channel weights ``w`` (float64
+    array on ``y``'s backend), ``p`` (n,) float64 out."""
+    c, count, _ = y.shape
+    return n, (y, np.int64(c), np.int64(count), np.int64(chunk), np.int64(warm), np.int64(n), w, p)
 
 
 def weighted_power(x, sample_rate: int, channel_weights: tuple[float, ...] | None = None,
@@ -225,7 +307,16 @@ def weighted_power(x, sample_rate: int, channel_weights: tuple[float, ...] | Non
     ``(samples,)``: the integrand of BS.1770-4 eqs. 1-2 before the mean."""
     xp, x = _as_2d(x)
     w = _weights(x.shape[0], channel_weights)
-    return _power(k_weight(x, sample_rate, chunk_s), w)
+    rate = _check_rate(sample_rate)
+    n = x.shape[-1]
+    chunk = _k_chunk(xp, n, rate, chunk_s) if n else 0
+    if chunk and xp is not np and x.dtype == xp.float32:  # the frames' power in one pass (K_POWER_CUDA)
+        y, warm = _weighted_frames(x, rate, chunk)
+        p = xp.empty(n, dtype=xp.float64)
+        work, args = power_args(xp.ascontiguousarray(y), warm, chunk, n, xp.asarray(w, dtype=xp.float64), p)
+        backend.launch(K_POWER_CUDA, "farm_k_power", work, args)
+        return p
+    return _power(k_weight(x, rate, chunk_s), w)
 
 
 def _power(y, w: tuple[float, ...]):

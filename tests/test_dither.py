@@ -134,3 +134,42 @@ def test_device_noise_shaping_equals_the_host_for_the_same_noise():
         want = dither_mod._shaped_host(x, noise, 2.0 ** 15)
         got = dither_mod._shaped_device(cupy.asarray(x), None if noise is None else cupy.asarray(noise), 2.0 ** 15)
         assert cupy.asnumpy(got).tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("bits", [16, 24])
+def test_device_flat_tpdf_kernel_source_equals_the_array_path_on_the_cpu(bits):
+    """kernels.dither.FLAT_CUDA (flat TPDF quantization in one pass on a device),
+    compiled for the CPU (tests/cuda_host.py) on a block in the middle of a track
+    (row-strided views), with and without dither, samples past full scale: the
+    array path's (flat_block) bytes."""
+    cuda_host = pytest.importorskip("cuda_host")
+    if cuda_host.compiler() is None:
+        pytest.skip("no g++ to compile the kernel source for the host")
+    from kernels import dither as dither_mod
+
+    rng = np.random.default_rng(bits)
+    x = (0.5 * rng.standard_normal((2, 10_000))).astype(np.float32)
+    x[0, 3000:3010] = [1.5, -1.5, 1.0, -1.0, 0.99999994, 3e-8, -3e-8, 0.5, 2.0, -2.0]
+    scale = 2.0 ** (bits - 1)
+    s, e = 2500, 7500
+    for dithered in (True, False):
+        r1 = rng.random((2, e - s)) if dithered else None
+        r2 = rng.random((2, e - s)) if dithered else None
+        want = dither_mod.flat_block(np, x[:, s:e], r1, r2, scale).astype(np.float32)
+        out = np.zeros(x.shape, dtype=np.float32)
+        work, args = dither_mod.flat_args(x[:, s:e], r1, r2, scale, out[:, s:e])
+        cuda_host.run(dither_mod.FLAT_CUDA, "farm_tpdf_quantize", args)
+        assert work == 2 * (e - s)
+        assert out[:, s:e].tobytes() == want.tobytes() and not out[:, :s].any() and not out[:, e:].any()
+
+
+@pytest.mark.gpu
+def test_device_flat_tpdf_kernel_equals_the_array_path_on_the_device():
+    """On a GPU: float32 input takes the kernel, float64 input (the same values) the
+    array path; the same draws, so the same bytes."""
+    import cupy
+
+    x = cupy.asarray(music(3.0, 48000, 2).astype(np.float32))
+    for p in (DitherParams(bit_depth=16), DitherParams(bit_depth=24, dither=False)):
+        fused, arrays = quantize(x, p), quantize(x.astype(cupy.float64), p)
+        assert cupy.asnumpy(fused).tobytes() == cupy.asnumpy(arrays).tobytes()

@@ -372,3 +372,53 @@ def test_mono_vector_and_bad_input(xp):
         L.integrated_loudness(dev(xp, bad), RATE)
     with pytest.raises(ValueError, match="channels, samples"):
         L.measure(xp.zeros((1, 2, 3), xp.float32), RATE)
+
+
+# --------------------------------------------------------------------------- device kernels
+
+
+@pytest.mark.parametrize("rate, seconds, channels", [(48000, 3.7, 2), (44100, 5.0, 1), (48000, 2.5, 6)])
+def test_device_k_weighting_kernel_sources_equal_the_array_path_on_the_cpu(rate, seconds, channels):
+    """K_FRAMES_CUDA and K_POWER_CUDA (the chunked K-weighting's frames and the
+    weighted power on a device), compiled for the CPU (tests/cuda_host.py): the
+    array path's bytes for the frames (zeros before and after the signal) and for
+    the power (5.1 weights with the LFE at 0), on 1 s chunks as on a device."""
+    cuda_host = pytest.importorskip("cuda_host")
+    if cuda_host.compiler() is None:
+        pytest.skip("no g++ to compile the kernel source for the host")
+    x = music(seconds, rate, channels).astype(np.float32)
+    n = x.shape[-1]
+    chunk = L._k_chunk(np, n, rate, 1.0)
+    assert chunk == rate
+    warm = int(math.ceil(L.K_WEIGHT_WARMUP_S * rate))
+    count = -(-n // chunk)
+    padded = np.zeros((channels, warm + count * chunk))
+    padded[:, warm:warm + n] = x
+    want_frames = padded[:, np.arange(count)[:, None] * chunk + np.arange(warm + chunk)[None, :]]
+    frames = np.empty((channels, count, warm + chunk))
+    work, args = L.frames_args(x, chunk, warm, frames)
+    cuda_host.run(L.K_FRAMES_CUDA, "farm_k_frames", args)
+    assert work == frames.size and frames.tobytes() == want_frames.tobytes()
+
+    y, warm_used = L._weighted_frames(x, rate, chunk)  # the array path (NumPy)
+    assert warm_used == warm
+    w = L.channel_weights(channels)
+    want = L.weighted_power(x, rate, chunk_s=1.0)  # crop, then _power
+    p = np.empty(n)
+    work, args = L.power_args(np.ascontiguousarray(y), warm, chunk, n, np.asarray(w, dtype=np.float64), p)
+    cuda_host.run(L.K_POWER_CUDA, "farm_k_power", args)
+    assert work == n and p.tobytes() == want.tobytes()
+    assert np.allclose(p, L.weighted_power(x, rate, chunk_s=0.0), rtol=1e-9, atol=1e-15)  # chunks join
+
+
+@pytest.mark.gpu
+def test_device_weighted_power_kernels_equal_the_array_path_on_the_device():
+    """On a GPU: weighted_power through the two kernels (float32 input) against the
+    array path on the same device (float64 input takes it), to float64 rounding of
+    the float32 -> float64 conversion (exact): the same bits."""
+    import cupy
+
+    x = cupy.asarray(music(4.0, RATE, 2).astype(np.float32))
+    fused = L.weighted_power(x, RATE)
+    arrays = L.weighted_power(x.astype(cupy.float64), RATE)
+    assert cupy.asnumpy(fused).tobytes() == cupy.asnumpy(arrays).tobytes()
