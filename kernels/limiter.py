@@ -503,6 +503,11 @@ def required_gain(env, ceiling: float):
     every inter-sample peak to both samples around it.
     """
     xp = backend.array_module(env)
+    if xp is not np and env.dtype == xp.float32 and env.ndim == 1:  # one pass (GAIN_CUDA)
+        g = xp.empty(env.shape, dtype=xp.float64)
+        backend.launch(GAIN_CUDA, "farm_required_gain", env.size, required_gain_args(xp.ascontiguousarray(env),
+                                                                                     ceiling, g))
+        return g
     peak = env.astype(xp.float64)  # a new array: the in-place steps below never alias env
     if peak.shape[-1] > 1:
         xp.maximum(peak[1:], env[:-1], out=peak[1:])
@@ -512,6 +517,69 @@ def required_gain(env, ceiling: float):
 
 
 # --------------------------------------------------------------------------- gain computer
+
+
+# The gain computer's elementwise steps as single passes on a device (the array
+# operations are the reference and the host path): required_gain; g2 = min(g2, g_req)
+# with its gain reduction in dB; and back from dB with the snap to unity and the final
+# min. Each is the array path's float64 operations in its order, with numpy's NaN
+# propagation in maximum/minimum (a NaN operand wins).
+GAIN_CUDA = r"""
+__device__ __forceinline__ double farm_max(const double a, const double b) {
+    return (a != a) ? a : (b != b) ? b : (b > a ? b : a);
+}
+__device__ __forceinline__ double farm_min(const double a, const double b) {
+    return (a != a) ? a : (b != b) ? b : (b < a ? b : a);
+}
+
+extern "C" __global__ void farm_required_gain(
+        const float* __restrict__ env, const long long n, const double ceiling, double* __restrict__ g) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) {
+        double peak = (double)env[i];
+        if (i > 0) peak = farm_max(peak, (double)env[i - 1]);
+        peak = farm_max(peak, ceiling);
+        g[i] = ceiling / peak;
+    }
+}
+
+extern "C" __global__ void farm_gain_to_db(
+        double* __restrict__ g2, const double* __restrict__ g_req, const long long n, const double db_per_neper,
+        double* __restrict__ d) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) {
+        const double g = farm_min(g2[i], g_req[i]);
+        g2[i] = g;
+        d[i] = log(g) * db_per_neper;
+    }
+}
+
+extern "C" __global__ void farm_gain_from_db(
+        const double* __restrict__ d, const long long n, const double snap_db, const double per_db,
+        double* __restrict__ g2) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) {
+        const double snap = d[i] < snap_db ? 1.0 : 0.0;
+        const double g = farm_max(exp(d[i] * per_db), snap);
+        g2[i] = farm_min(g, g2[i]);
+    }
+}
+"""
+
+
+def required_gain_args(env, ceiling: float, g) -> tuple:
+    """:data:`GAIN_CUDA`'s ``farm_required_gain``: contiguous float32 ``env`` (n,) -> float64 ``g``."""
+    return env, np.int64(env.size), np.float64(ceiling), g
+
+
+def to_db_args(g2, g_req, d) -> tuple:
+    """``farm_gain_to_db``: ``g2 = min(g2, g_req)`` in place and ``d`` its reduction in dB (contiguous float64)."""
+    return g2, g_req, np.int64(g2.size), np.float64(-_DB_PER_NEPER), d
+
+
+def from_db_args(d, g2) -> tuple:
+    """``farm_gain_from_db``: the released reduction ``d`` (dB) back to gains, snapped, ``min`` with ``g2`` in place."""
+    return d, np.int64(g2.size), np.float64(SNAP_DB), np.float64(-1.0 / _DB_PER_NEPER), g2
 
 
 def gain_curve(g_req, lookahead_samples: int, release_samples: float):
@@ -562,12 +630,22 @@ def gain_chunk(xp, gw, off: int, s: int, e: int, n: int, w: int, r: float, state
         return xp.ones(e - s, dtype=xp.float64), state
     g1 = _forward_min(xp, window, w)  # exact on [lo, e): windows end before hi
     g2 = _ramp(xp, g1, w)[s - lo:e - lo]  # exact on [s, e): w - 1 samples of history
-    xp.minimum(g2, gw[s - off:e - off], out=g2)  # proven <= g_req; this removes the running sums' rounding
-    # Release in gain reduction dB: d = max(d2, r*d) (an exact scan), so d >= d2.
-    d = xp.log(g2)
-    d *= -_DB_PER_NEPER
+    device = xp is not np
+    # g2 = min(g2, g_req): proven <= g_req; this removes the running sums' rounding. Then
+    # the release in gain reduction dB: d = max(d2, r*d) (an exact scan), so d >= d2.
+    if device:  # both steps in one pass (GAIN_CUDA)
+        d = xp.empty_like(g2)
+        backend.launch(GAIN_CUDA, "farm_gain_to_db", g2.size, to_db_args(g2, xp.ascontiguousarray(gw[s - off:e - off]),
+                                                                         d))
+    else:
+        xp.minimum(g2, gw[s - off:e - off], out=g2)
+        d = xp.log(g2)
+        d *= -_DB_PER_NEPER
     d = affine_max_scan(d, r, 0.0, state)
     state = d[-1].copy()  # a copy: on CuPy d[-1] is a view, and d is overwritten below
+    if device:  # the next four steps in one pass (GAIN_CUDA)
+        backend.launch(GAIN_CUDA, "farm_gain_from_db", g2.size, from_db_args(xp.ascontiguousarray(d), g2))
+        return g2, state
     snap = d < SNAP_DB
     d *= -1.0 / _DB_PER_NEPER
     g = xp.exp(d, out=d)

@@ -403,3 +403,42 @@ def test_device_curvature_kernel_equals_the_reference_on_the_same_views():
             assert cupy.asnumpy(g).tobytes() == w.tobytes()
     for g, w in zip(limiter.detection_pair(dev, 4, limiter.CURVATURE), limiter.detection_pair(x, 4, limiter.CURVATURE)):
         np.testing.assert_allclose(cupy.asnumpy(g), w, rtol=1e-5, atol=1e-6)
+
+
+def test_device_gain_computer_kernel_sources_equal_the_array_path_on_the_cpu():
+    """kernels.limiter.GAIN_CUDA (the gain computer's elementwise steps as single
+    passes on a device), compiled for the CPU (tests/cuda_host.py) against the
+    array operations they replace: required_gain to the bit; the dB steps to the
+    last bit or two (log and exp are the host libm's here, numpy's own there: on a
+    device both sides use CUDA's), with unity gain exact and the min never above."""
+    cuda_host = pytest.importorskip("cuda_host")
+    if cuda_host.compiler() is None:
+        pytest.skip("no g++ to compile the kernel source for the host")
+    rng = np.random.default_rng(5)
+    n = 20_000
+    env = np.abs(rng.standard_normal(n)).astype(np.float32)
+    env[100:200] = 0.0
+    g = np.empty(n)
+    cuda_host.run(limiter.GAIN_CUDA, "farm_required_gain", limiter.required_gain_args(env, 0.891, g))
+    assert g.tobytes() == limiter.required_gain(env, 0.891).tobytes()
+
+    g_req = limiter.required_gain(env, 0.891)
+    g2 = np.minimum(1.0, g_req * rng.uniform(0.98, 1.02, n))  # a ramp's output: around g_req
+    g2[:50] = 1.0
+    want_g2 = np.minimum(g2, g_req)
+    want_d = np.log(want_g2) * -limiter._DB_PER_NEPER
+    got_g2, got_d = g2.copy(), np.empty(n)
+    cuda_host.run(limiter.GAIN_CUDA, "farm_gain_to_db", limiter.to_db_args(got_g2, g_req, got_d))
+    assert got_g2.tobytes() == want_g2.tobytes()
+    np.testing.assert_allclose(got_d, want_d, rtol=4e-16, atol=0)
+    unity = want_g2 == 1.0
+    assert unity.sum() > 50 and np.all(got_d[unity] == 0.0)  # unity gain: exactly no reduction
+
+    d = want_d.copy()
+    d[300:400] = 1e-7  # under SNAP_DB: back to exactly unity, then the min with g2
+    snap = d < limiter.SNAP_DB
+    want = np.minimum(np.maximum(np.exp(d * (-1.0 / limiter._DB_PER_NEPER)), snap), want_g2)
+    got = want_g2.copy()
+    cuda_host.run(limiter.GAIN_CUDA, "farm_gain_from_db", limiter.from_db_args(d, got))
+    np.testing.assert_allclose(got, want, rtol=4e-16, atol=0)
+    assert np.all(got <= want_g2) and np.array_equal(got[300:400], want_g2[300:400])
