@@ -424,6 +424,15 @@ def run(name: str, seconds: float, rate: int, repeat: int, flat: bool = False, b
     label = "WHOLE CHAIN master() -14 LUFS"
     show(label, r)
     timed.append(("chain", f"WHOLE CHAIN master() ({res.passes} pass{'es' if res.passes != 1 else ''})", r["median"]))
+    if gpu:  # what the fused RawKernels buy: the same chain on their array paths
+        backend.RAW_KERNELS = False
+        try:
+            off = timeit(lambda: master(x, rate, CHAIN), xp, repeat)
+        finally:
+            backend.RAW_KERNELS = True
+        show("WHOLE CHAIN, RawKernels off", off)
+        print(f"  {name:3s}  RawKernels (FARM_RAW_KERNELS): chain median {r['median'] * 1e3:.2f} ms with, "
+              f"{off['median'] * 1e3:.2f} ms without ({off['median'] / r['median']:.2f}x)", flush=True)
     top = max(rows, key=lambda r: r[1])
     print(f"  {name:3s}  slowest single stage: {top[0]} ({top[1] / sum(r[1] for r in rows) * 100:.0f}% of "
           f"the stages' summed time)")

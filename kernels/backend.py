@@ -195,6 +195,18 @@ def _abs_max_kernel():
                                  "farm_abs_max")
 
 
+# Our RawKernels replace array operations on a device (each one's array path stays:
+# the host runs it, and so does a device with them off). FARM_RAW_KERNELS=0 turns
+# them off, to tell a kernel's fault or cost from the rest on a GPU (bench/kernels.py
+# times the chain both ways).
+RAW_KERNELS = os.environ.get("FARM_RAW_KERNELS", "1") != "0"
+
+
+def raw_kernels(xp) -> bool:
+    """Whether arrays of ``xp`` go through our RawKernels (a device, and not turned off)."""
+    return xp is not np and RAW_KERNELS
+
+
 # NVRTC options of every RawKernel: no fused multiply-adds, so a kernel's float
 # arithmetic rounds as the same C source compiled for the host does (the tests run
 # each kernel's source on the CPU, tests/cuda_host.py, and hold it to the NumPy path).

@@ -105,9 +105,9 @@ def _quantize(xp, x, params: DitherParams, g):
     if params.noise_shaping == "lipshitz":
         # float64 internally: float32 cannot hold every 24-bit code next to a fraction
         d = _tpdf(xp, g, x.shape, block) if g is not None else None
-        if xp is not np:
+        if backend.raw_kernels(xp):
             return _shaped_device(x, d, scale)
-        if HOST_COMPILED:
+        if xp is np and HOST_COMPILED:
             return _shaped_host(x, d, scale)
         v = x.astype(xp.float64) * scale
         q = xp.clip(_shaped(xp, v, d), -scale, scale - 1.0)
@@ -116,7 +116,7 @@ def _quantize(xp, x, params: DitherParams, g):
     # cache on the host (8 whole-track float64 arrays took ~1 s for 4 min stereo).
     out = xp.empty(x.shape, dtype=xp.float32)
     n = x.shape[-1]
-    fused = xp is not np and x.dtype == xp.float32 and x.ndim == 2
+    fused = backend.raw_kernels(xp) and x.dtype == xp.float32 and x.ndim == 2 and x.strides[-1] == x.itemsize
     for s in range(0, n, block):  # a loop over blocks of 64k samples, not over samples
         xs = x[..., s:s + block]
         r1 = r2 = None

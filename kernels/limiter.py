@@ -418,7 +418,8 @@ def _curved_pair(xp, core, nxt, ph, factor: int, kappa: float):
     The array operations below are the reference; float32 on a device runs
     :data:`CURVED_PAIR_CUDA`, one pass that reads the points once (the arrays
     here moved ~8.7 GB per 4-min track through device memory, bench/kernels.py)."""
-    if xp is not np and core.dtype == xp.float32:
+    if backend.raw_kernels(xp) and core.dtype == xp.float32 and all(a.strides[-1] == a.itemsize
+                                                                     for a in (core, nxt, ph)):
         e0, e1 = xp.empty(core.shape[1], dtype=xp.float32), xp.empty(core.shape[1], dtype=xp.float32)
         work, args = curved_pair_args(core, nxt, ph, factor, kappa, e0, e1)
         backend.launch(CURVED_PAIR_CUDA, "farm_curved_pair", work, args)
@@ -503,7 +504,7 @@ def required_gain(env, ceiling: float):
     every inter-sample peak to both samples around it.
     """
     xp = backend.array_module(env)
-    if xp is not np and env.dtype == xp.float32 and env.ndim == 1:  # one pass (GAIN_CUDA)
+    if backend.raw_kernels(xp) and env.dtype == xp.float32 and env.ndim == 1:  # one pass (GAIN_CUDA)
         g = xp.empty(env.shape, dtype=xp.float64)
         backend.launch(GAIN_CUDA, "farm_required_gain", env.size, required_gain_args(xp.ascontiguousarray(env),
                                                                                      ceiling, g))
@@ -630,7 +631,7 @@ def gain_chunk(xp, gw, off: int, s: int, e: int, n: int, w: int, r: float, state
         return xp.ones(e - s, dtype=xp.float64), state
     g1 = _forward_min(xp, window, w)  # exact on [lo, e): windows end before hi
     g2 = _ramp(xp, g1, w)[s - lo:e - lo]  # exact on [s, e): w - 1 samples of history
-    device = xp is not np
+    device = backend.raw_kernels(xp)
     # g2 = min(g2, g_req): proven <= g_req; this removes the running sums' rounding. Then
     # the release in gain reduction dB: d = max(d2, r*d) (an exact scan), so d >= d2.
     if device:  # both steps in one pass (GAIN_CUDA)

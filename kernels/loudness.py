@@ -224,7 +224,7 @@ def _weighted_frames(x, rate: int, chunk: int):
     c, n = x.shape
     warm = int(math.ceil(K_WEIGHT_WARMUP_S * rate))
     count = -(-n // chunk)
-    if xp is not np and x.dtype == xp.float32:  # one pass: read x, write the frames (K_FRAMES_CUDA)
+    if backend.raw_kernels(xp) and x.dtype == xp.float32:  # one pass: read x, write the frames (K_FRAMES_CUDA)
         frames = xp.empty((c, count, warm + chunk), dtype=xp.float64)
         work, args = frames_args(xp.ascontiguousarray(x), chunk, warm, frames)
         backend.launch(K_FRAMES_CUDA, "farm_k_frames", work, args)
@@ -310,7 +310,7 @@ def weighted_power(x, sample_rate: int, channel_weights: tuple[float, ...] | Non
     rate = _check_rate(sample_rate)
     n = x.shape[-1]
     chunk = _k_chunk(xp, n, rate, chunk_s) if n else 0
-    if chunk and xp is not np and x.dtype == xp.float32:  # the frames' power in one pass (K_POWER_CUDA)
+    if chunk and backend.raw_kernels(xp) and x.dtype == xp.float32:  # the frames' power in one pass (K_POWER_CUDA)
         y, warm = _weighted_frames(x, rate, chunk)
         p = xp.empty(n, dtype=xp.float64)
         work, args = power_args(xp.ascontiguousarray(y), warm, chunk, n, xp.asarray(w, dtype=xp.float64), p)

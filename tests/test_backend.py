@@ -3,6 +3,9 @@
 the pinned staging copies return the same bits and each thread gets its own stream."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -82,3 +85,28 @@ def test_abs_max_reduces_over_the_axes_and_keeps_nan(xp):
     x[1, 2, 3, 4] = np.nan
     got = backend.to_host(backend.abs_max(xp.asarray(x), (0, 1)))
     assert np.isnan(got[3, 4]) and np.isfinite(np.delete(got.reshape(-1), 3 * 40 + 4)).all()
+
+
+def test_raw_kernels_are_device_only_and_can_be_turned_off():
+    """backend.raw_kernels: never on NumPy; FARM_RAW_KERNELS=0 turns them off (read at import)."""
+    assert backend.raw_kernels(np) is False
+    code = "from kernels import backend; print(backend.RAW_KERNELS)"
+    for value, want in (("0", "False"), ("1", "True")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "FARM_RAW_KERNELS": value}).stdout.strip()
+        assert out == want
+
+
+@pytest.mark.gpu
+def test_gpu_chain_with_and_without_raw_kernels_agree(monkeypatch):
+    """On a GPU: master() through the RawKernels and through their array paths."""
+    import cupy
+
+    x = cupy.asarray(music(6.0, RATE, 2).astype(np.float32))
+    params = ChainParams(loudness=LoudnessParams(target_lufs=-14.0), limiter=LimiterParams(ceiling_dbtp=-1.0))
+    fused = master(x, RATE, params)
+    monkeypatch.setattr(backend, "RAW_KERNELS", False)
+    arrays = master(x, RATE, params)
+    assert fused.passes == arrays.passes
+    assert abs(fused.integrated_lufs - arrays.integrated_lufs) < 1e-6 and fused.true_peak_dbtp <= -1.0
+    np.testing.assert_allclose(cupy.asnumpy(fused.audio), cupy.asnumpy(arrays.audio), atol=2e-7)
