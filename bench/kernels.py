@@ -153,17 +153,14 @@ def _true_peak(c: int, n: int, factor: int) -> list[tuple[str, float]]:
 
 def _gain(n: int, rate: int, lookahead_ms: float) -> list[tuple[str, float]]:
     """limiter.required_gain + gain_curve (float64 gains; the elementwise steps are GAIN_CUDA's kernels)."""
-    from kernels import scan
-
     m32, m64 = n * F32, n * F64
     w = max(1, int(round(lookahead_ms * rate / 1000.0))) + 1
     fm_passes = int(math.floor(math.log2(w))) + (0 if w & (w - 1) == 0 else 1)
-    scan_passes = int(math.log2(scan.BLOCK))
     return [("required gain: one kernel (limiter.GAIN_CUDA)", m32 + m64),
             (f"hold: forward min ({fm_passes} passes)", 2 * m64 + 3 * fm_passes * m64),
             ("ramp: two running-sum boxes", 16 * m64),
             ("min with required, to dB: one kernel", 4 * m64),
-            (f"release scan ({scan_passes} passes + fix-up)", 2 * m64 + 5 * scan_passes * m64 + 4 * m64),
+            ("release scan: blocked (scan.SCAN_CUDA: a block per thread, then the fix-up)", 4 * m64),
             ("back to linear, snap, min: one kernel", 3 * m64),
             ("gain chunks into the curve", 2 * m64)]
 

@@ -172,3 +172,99 @@ def test_host_sosfilt_is_scipys_to_the_bit():
             assert got.dtype == np.float64 and got.shape == v.shape
             assert np.array_equal(got, want)
     assert scan.sosfilt(cascades[0], np.zeros((2, 0))).shape == (2, 0)
+
+
+# --------------------------------------------------------------------------- the device's blocked scan
+
+
+def _cpu_launch():
+    cuda_host = pytest.importorskip("cuda_host")
+    if cuda_host.compiler() is None:
+        pytest.skip("no g++ to compile the kernel source for the host")
+    return lambda source, name, work, args: cuda_host.run(source, name, args)
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+@pytest.mark.parametrize("a", [0.0, 0.37, 0.9995, 1.0])
+@pytest.mark.parametrize("b_kind", ["zero", "const", "array"])
+def test_blocked_scan_kernels_are_the_sequential_loop_given_each_blocks_state(op, a, b_kind):
+    """SCAN_CUDA's two kernels compiled for the CPU (tests/cuda_host.py): fed each
+    block's true entering state (the reference's value before the block), the fix-up
+    gives the sequential reference to the bit: the pick commutes with every rounded
+    step. 3 rows, a length that is no multiple of the block."""
+    launch = _cpu_launch()
+    rng = np.random.default_rng(int(a * 1000) + len(b_kind))
+    rows, n, k = 3, 5 * scan.SEQ_BLOCK + 77, scan.SEQ_BLOCK
+    t = rng.standard_normal((rows, n)) * 3.0
+    b = {"zero": 0.0, "const": 0.25, "array": rng.standard_normal((rows, n))}[b_kind]
+    y0 = rng.standard_normal(rows)
+    want = scan.reference(t, a, b, y0, op)
+    nb = -(-n // k)
+    b_array = not isinstance(b, float)
+    common = (b if b_array else t, np.int32(b_array), np.float64(0.0 if b_array else b), np.float64(a),
+              np.int32(op == "max"), np.int64(rows), np.int64(n), np.int64(k))
+    local, local_end, affine_end = np.empty((rows, n)), np.empty((rows, nb)), np.empty((rows, nb))
+    launch(scan.SCAN_CUDA, "farm_scan_local", rows * nb, (t,) + common + (local, local_end, affine_end))
+    y_in = np.concatenate([y0[:, None], want[:, k - 1:n - 1:k]], axis=1)[:, :nb]
+    out = np.empty((rows, n))
+    launch(scan.SCAN_CUDA, "farm_scan_fix", rows * nb, (local,) + common + (np.ascontiguousarray(y_in), out))
+    assert out.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("b_kind", ["zero", "array"])
+def test_blocked_scan_joins_its_blocks_to_float64_rounding(b_kind):
+    """blocked_scan whole (kernels on the CPU, the block summaries through this
+    module's scan): the limiter's release (max, a close to 1, b = 0, t >= 0) and the
+    compressor's (b an array), against the sequential reference; two levels of blocks."""
+    launch = _cpu_launch()
+    rng = np.random.default_rng(3)
+    n = scan.SEQ_BLOCK ** 2 + 999  # the summaries are long enough to be blocked again
+    t = np.maximum(0.0, rng.standard_normal((1, n)) * 4.0) * (rng.random((1, n)) < 0.01)
+    a = math.exp(-1.0 / 2400.0)
+    b = 0.0 if b_kind == "zero" else t * (1.0 - a)
+    want = scan.reference(t, a, b, 1.5, "max")
+    launched = []
+
+    def count(source, name, work, args):
+        launched.append(name)
+        return launch(source, name, work, args)
+
+    with _device_dispatch(count):
+        got = scan.blocked_scan(np, t, a, b, np.full((1,), 1.5), "max", t.shape, count)
+    assert launched.count("farm_scan_local") == 2  # the track's blocks, then the summaries' blocks
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert np.all(got >= t)  # never under the target: the release only holds gain reduction longer
+
+
+@contextlib.contextmanager
+def _device_dispatch(launch):
+    """Route this module's NumPy scans through blocked_scan as a device's would go
+    (``launch`` runs the kernels compiled for the CPU), so the recursion over block
+    summaries is exercised."""
+    real = scan._scan_public
+
+    def public(t, a, b, y0, op):
+        t = np.asarray(t)
+        if isinstance(a, float) and a >= 0.0 and t.dtype == np.float64 and t.shape[-1] > scan.SEQ_BLOCK:
+            shape = np.broadcast_shapes(t.shape, *[np.shape(v) for v in (b,) if not scan._is_scalar(v)])
+            return scan.blocked_scan(np, t, a, b, scan._y0(np, y0, shape, np.float64), op, shape, launch)
+        return real(t, a, b, y0, op)
+
+    scan._scan_public = public
+    try:
+        yield
+    finally:
+        scan._scan_public = real
+
+
+@pytest.mark.gpu
+def test_device_scans_take_the_blocked_kernels_and_agree_with_the_host():
+    """On a GPU: a float64 scan with a constant coefficient runs blocked_scan; the
+    limiter's release against the host's sequential loop."""
+    import cupy
+
+    rng = np.random.default_rng(4)
+    t = np.maximum(0.0, rng.standard_normal((2, 300_001)) * 4.0) * (rng.random((2, 300_001)) < 0.01)
+    a = math.exp(-1.0 / 2400.0)
+    got = cupy.asnumpy(scan.affine_max_scan(cupy.asarray(t), a, 0.0, 0.5))
+    np.testing.assert_allclose(got, scan.affine_max_scan(t, a, 0.0, 0.5), rtol=1e-12, atol=1e-12)
