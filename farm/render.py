@@ -290,7 +290,9 @@ def _render_whole(task: RenderTask, name: str, timings: dict, t_start: float, so
         lambda *a, **k: _run_chain(*a, **k, reference=reference, shared=shared))
     # One long track can need more device memory than the GPU has: it is mastered on
     # the CPU instead of failing (see master_with_fallback).
-    res, mastered, name = master_with_fallback(x, rate, chain, ir, name, run_chain=run_chain, timings=timings)
+    res, mastered, label = master_with_fallback(x, rate, chain, ir, name, run_chain=run_chain, timings=timings)
+    if label == GPU_OOM_BACKEND:  # the device is short of memory: the master is measured on the host
+        name = "cpu"
     t = time.perf_counter()
     timings.update({f"chain_{k}": round(v, 4) for k, v in res.stage_seconds.items()})
 
@@ -310,7 +312,7 @@ def _render_whole(task: RenderTask, name: str, timings: dict, t_start: float, so
         # where they were measured; their short-term loudness comes from the measurements above
         plot_data = _plot_data(task, res, (held, dec.sample_rate, before_st),
                                (held_out, check.sample_rate, after_st), timings)
-        return dataclasses.replace(_publish(task, tmp, res, before, after, checks, problems, name, timings,
+        return dataclasses.replace(_publish(task, tmp, res, before, after, checks, problems, label, timings,
                                             t_start, t), plot_data=plot_data)
 
 

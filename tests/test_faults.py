@@ -503,8 +503,10 @@ def test_render_track_records_the_cpu_fallback(tmp_path, monkeypatch):
 
     resolve = render.backend.resolve  # "gpu" passes as usable; the CPU path stays real
     monkeypatch.setattr(render.backend, "resolve", lambda name="auto": "gpu" if name == "gpu" else resolve(name))
-    # the pretended device holds the measured copies on the host, with no CUDA stream
-    monkeypatch.setattr(render.backend, "to_device", lambda x, name="auto": np.asarray(x))
+    # the pretended device holds the measured copies on the host, with no CUDA stream (and
+    # refuses what the real one refuses: a name that is no backend)
+    monkeypatch.setattr(render.backend, "to_device", lambda x, name="auto": (render.backend.resolve(name),
+                                                                             np.asarray(x))[1])
     monkeypatch.setattr(render.backend, "track_stream", lambda name="auto": contextlib.nullcontext())
     monkeypatch.setattr(render, "_run_chain", chain)
     task = dataclasses.replace(_task(tmp_path), backend="gpu")
