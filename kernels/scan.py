@@ -212,6 +212,14 @@ __device__ __forceinline__ double farm_pick(const double v, const double y, cons
     return is_max ? ((v > y) ? v : y) : ((v < y) ? v : y);  /* the host loop's comparison */
 }
 
+/* samples [*s, *e) of work item w: block w % nb of row w / nb */
+__device__ __forceinline__ void farm_block(const long long w, const long long nb, const long long n,
+                                           const long long block, long long* s, long long* e) {
+    const long long r = w / nb, k = w - r * nb;
+    *s = r * n + k * block;
+    *e = r * n + ((k + 1) * block < n ? (k + 1) * block : n);
+}
+
 extern "C" __global__ void farm_scan_local(
         const double* __restrict__ t, const double* __restrict__ b, const int b_array, const double b_const,
         const double a, const int is_max, const long long rows, const long long n, const long long block,
@@ -219,9 +227,8 @@ extern "C" __global__ void farm_scan_local(
     const long long nb = (n + block - 1) / block;
     for (long long w = (long long)blockIdx.x * blockDim.x + threadIdx.x; w < rows * nb;
          w += (long long)blockDim.x * gridDim.x) {
-        const long long r = w / nb, k = w - r * nb;
-        const long long s = r * n + k * block;
-        const long long e = r * n + ((k + 1) * block < n ? (k + 1) * block : n);
+        long long s, e;
+        farm_block(w, nb, n, block, &s, &e);
         double y = t[s];  /* pick(t, a * (-/+inf) + b) */
         double lin = b_array ? b[s] : b_const;
         local[s] = y;
@@ -243,9 +250,8 @@ extern "C" __global__ void farm_scan_fix(
     const long long nb = (n + block - 1) / block;
     for (long long w = (long long)blockIdx.x * blockDim.x + threadIdx.x; w < rows * nb;
          w += (long long)blockDim.x * gridDim.x) {
-        const long long r = w / nb, k = w - r * nb;
-        const long long s = r * n + k * block;
-        const long long e = r * n + ((k + 1) * block < n ? (k + 1) * block : n);
+        long long s, e;
+        farm_block(w, nb, n, block, &s, &e);
         double lin = y_in[w];
         for (long long i = s; i < e; ++i) {
             lin = a * lin + (b_array ? b[i] : b_const);
