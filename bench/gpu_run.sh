@@ -13,6 +13,7 @@
 #                                  2. bench/kernels.py --backend cpu,gpu  (CUDA events, bytes model)
 #                                  3. bench/render.py --backend gpu       (end to end vs codec floor)
 #                                  4. pytest -m gpu -q                    (every gpu-marked test)
+#                                  5. only after failures: the failed tests with FARM_RAW_KERNELS=0
 #                                logs under $OUT (at most 8 files come back), a summary printed last.
 #   bench/gpu_run.sh --cpu-only  HERE: the same steps with no GPU (backend cpu, short audio,
 #                                pytest -m gpu only collects and skips), logs under $OUT or a temp
@@ -185,6 +186,22 @@ XDIST=""
 step pytest-gpu 600 "$OUT/pytest-gpu.log" 5 "$PY" -m pytest -m gpu -q -rfE -p no:cacheprovider --timeout 120 \
     --junitxml "$OUT/pytest-gpu.xml" $XDIST ${PYTEST_ARGS:-}
 
+# ---- 5. only if gpu tests failed: those again with our RawKernels off (FARM_RAW_KERNELS=0), which
+# tells a failure of a fused kernel (none has run on a GPU before) from one of the rest
+if [ -s "$OUT/pytest-gpu.xml" ] && grep -q -E "<(failure|error)" "$OUT/pytest-gpu.xml"; then
+    mapfile -t FAILED < <("$PY" - "$OUT/pytest-gpu.xml" <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+
+for case in ET.parse(sys.argv[1]).iter("testcase"):
+    if case.find("failure") is not None or case.find("error") is not None:
+        print(case.get("classname").replace(".", "/") + ".py::" + case.get("name"))
+EOF
+)
+    step pytest-gpu-nokernels 120 "$OUT/pytest-nokernels.log" 0 env FARM_RAW_KERNELS=0 "$PY" -m pytest -q -rfE \
+        -p no:cacheprovider --timeout 120 "${FAILED[@]:0:60}"
+fi
+
 # ---- summary: the lines a reader needs, last in the output (the tool returns its tail)
 {
     echo "================ SUMMARY ($(( $(date +%s) - START )) s of the ${BUDGET_S} s budget; logs in $OUT)"
@@ -198,4 +215,8 @@ step pytest-gpu 600 "$OUT/pytest-gpu.log" 5 "$PY" -m pytest -m gpu -q -rfE -p no
         "$OUT/render.log" 2>/dev/null
     grep -h -E "^(FAILED|ERROR) " "$OUT/pytest-gpu.log" 2>/dev/null | head -20
     grep -h -E "[0-9]+ (passed|failed|skipped|errors?|deselected)|no tests ran" "$OUT/pytest-gpu.log" 2>/dev/null | tail -1
+    if [ -s "$OUT/pytest-nokernels.log" ]; then
+        echo "  the failed gpu tests again with FARM_RAW_KERNELS=0 (passing here = a RawKernel's fault):"
+        grep -h -E "[0-9]+ (passed|failed|skipped|errors?)|no tests ran" "$OUT/pytest-nokernels.log" | tail -1
+    fi
 } | tee "$OUT/summary.txt"
