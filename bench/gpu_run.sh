@@ -14,6 +14,7 @@
 #                                  3. bench/render.py --backend gpu       (end to end vs codec floor)
 #                                  4. pytest -m gpu -q                    (every gpu-marked test)
 #                                  5. only after failures: the failed tests with FARM_RAW_KERNELS=0
+#                                  6. if time is left: bench/render.py with a worker thread per core
 #                                logs under $OUT (at most 8 files come back), a summary printed last.
 #   bench/gpu_run.sh --cpu-only  HERE: the same steps with no GPU (backend cpu, short audio,
 #                                pytest -m gpu only collects and skips), logs under $OUT or a temp
@@ -21,7 +22,7 @@
 #
 # Environment: PY (python, default python3; --cpu-only prefers .venv/bin/python), OUT (log folder),
 # BUDGET_S (whole script, default 480 s: with the machine's start it leaves part of the 15-minute
-# device allowance for a rerun), KERNELS_ARGS / RENDER_ARGS /
+# device allowance for a rerun), KERNELS_ARGS / RENDER_ARGS / RENDER_THREADS_ARGS /
 # PYTEST_ARGS (extra arguments), WHEELS (wheel folder, default .whl).
 set -u
 cd "$(dirname "$0")/.."
@@ -95,12 +96,14 @@ if [ $CPU_ONLY = 1 ]; then
     BACKENDS=cpu
     KERNELS_DEFAULT="--seconds 20 --repeat 1"
     RENDER_DEFAULT="--backend cpu --tracks 2 --seconds 20"
+    RENDER_THREADS_DEFAULT="--backend cpu --tracks 2 --seconds 10"
 else
     PY=${PY:-python3}
     OUT=${OUT:-$ROOT/gpu-run-out}
     BACKENDS=cpu,gpu
     KERNELS_DEFAULT="--repeat 3 --gpu-repeat 10"
     RENDER_DEFAULT="--backend gpu"
+    RENDER_THREADS_DEFAULT="--backend gpu --tracks 16 --seconds 120"
 fi
 mkdir -p "$OUT"
 BUDGET_S=${BUDGET_S:-480}
@@ -202,6 +205,15 @@ EOF
         -p no:cacheprovider --timeout 120 "${FAILED[@]:0:60}"
 fi
 
+# ---- 6. if time is left: the node with a thread per core on its GPU worker (the default is
+# min(4, cores per GPU)); with the meters on the device a GPU worker's host does ~0.2-0.4 s per
+# 4-min track besides the codecs (bench/host.py), so more threads may keep more cores busy
+NTHREADS=$(nproc 2>/dev/null || echo 4)
+[ $CPU_ONLY = 1 ] && NTHREADS=2
+# shellcheck disable=SC2086
+step render-all-cores 120 "$OUT/render-threads.log" 0 "$PY" bench/render.py --workdir /tmp/farm-bench-render-t \
+    --threads-per-worker "$NTHREADS" ${RENDER_THREADS_ARGS:-$RENDER_THREADS_DEFAULT}
+
 # ---- summary: the lines a reader needs, last in the output (the tool returns its tail)
 {
     echo "================ SUMMARY ($(( $(date +%s) - START )) s of the ${BUDGET_S} s budget; logs in $OUT)"
@@ -211,8 +223,11 @@ fi
     # the last backend's floor table (the GPU's on the device): from its bandwidth line to the end
     awk '/^  (cpu|gpu)  bandwidth /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$OUT/kernels.log" 2>/dev/null \
         | grep -E "^  (cpu|gpu)  "
-    grep -h -E "^  (RESULT|codec floor \(decode\+encode\)|farm render --preset [^:]*x |render / floor)" \
-        "$OUT/render.log" 2>/dev/null
+    for f in render.log render-threads.log; do
+        [ -s "$OUT/$f" ] || continue
+        echo "  ($f)"
+        grep -h -E "^  (RESULT|codec floor \(decode\+encode\)|farm render --preset [^:]*x |render / floor)" "$OUT/$f"
+    done
     grep -h -E "^(FAILED|ERROR) " "$OUT/pytest-gpu.log" 2>/dev/null | head -20
     grep -h -E "[0-9]+ (passed|failed|skipped|errors?|deselected)|no tests ran" "$OUT/pytest-gpu.log" 2>/dev/null | tail -1
     if [ -s "$OUT/pytest-nokernels.log" ]; then
