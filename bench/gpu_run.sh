@@ -220,6 +220,8 @@ step render-all-cores 120 "$OUT/render-threads.log" 0 "$PY" bench/render.py --wo
     printf '  %s\n' "${STEPS[@]}"
     grep -h "^# GPU" "$OUT/kernels.log" 2>/dev/null
     grep -h -E "^  (cpu|gpu)  (WHOLE CHAIN master\(\) -14|chain \(best run\))" "$OUT/kernels.log" 2>/dev/null
+    # the backends against each other, stage by stage (the relative error per stage)
+    grep -h -E "^# gpu against cpu|^  (music|noise)  " "$OUT/kernels.log" 2>/dev/null
     # the last backend's floor table (the GPU's on the device): from its bandwidth line to the end
     awk '/^  (cpu|gpu)  bandwidth /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$OUT/kernels.log" 2>/dev/null \
         | grep -E "^  (cpu|gpu)  "

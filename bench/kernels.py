@@ -474,6 +474,52 @@ def print_model(seconds: float, rate: int, passes: int) -> None:
                 print(f"    {t:52s} {b / 1e6:10.1f} MB")
 
 
+def compare(reference: str, other: str, seconds: float, rate: int, seed: int) -> list[tuple[str, str, float]]:
+    """Every stage and the whole chain on two backends from the same input, for the
+    issue's "relative error documented per stage": prints, per stage and input
+    (the bench material, and white noise at -12 dBFS drawn from ``seed``), the
+    largest |other - reference| over the largest |reference|; for the limiter and the
+    chain also each backend's 4x and 16x true peak against the ceiling. Returns
+    [(input, stage, relative error)]. Dither is compared undithered (the two
+    backends draw different noise by design)."""
+    from kernels import oversample
+
+    rows = []
+    noise = (10 ** (-12 / 20) * np.random.default_rng(seed).standard_normal((2, int(seconds * rate)))
+             ).astype(np.float32)
+    drive = np.float32(10.0 ** (LIMITER_DRIVE_DB / 20.0))
+    undithered = DitherParams(bit_depth=16, dither=False)
+    stages = [("eq", lambda x: eq.apply_eq(x, rate, EQ)),
+              ("reverb", lambda x: reverb.apply_reverb(x, rate, REVERB)),
+              ("oversample 4x", lambda x: oversample.upsample(x, 4)),
+              ("limiter (+6 dB)", lambda x: limiter.limit(x * drive, rate, LIMITER).audio),
+              ("dither 16-bit, undithered", lambda x: dither.quantize(x, undithered)),
+              ("chain master()", lambda x: master(x, rate, CHAIN).audio)]
+    print(f"# {other} against {reference}, same input: max |difference| / max |{reference}| per stage; "
+          f"true peaks of the limited outputs (ceiling {LIMITER.ceiling_dbtp} dBTP, the chain's "
+          f"{CHAIN.limiter.ceiling_dbtp} dBTP); noise seed {seed}")
+    for label, host in (("music", material(seconds, rate)), ("noise", noise)):
+        for stage, fn in stages:
+            outs = {}
+            for name in (reference, other):
+                outs[name] = backend.to_host(fn(backend.to_device(host, name))).astype(np.float64)
+            a, b = outs[reference], outs[other]
+            err = float(np.abs(b - a).max() / max(np.abs(a).max(), 1e-30)) if a.shape == b.shape else math.inf
+            peaks = ""
+            if stage.startswith(("limiter", "chain")):
+                peaks = "  true peak 4x/16x: " + ", ".join(
+                    f"{n} {loudness.true_peak_dbtp(o, 4):.4f}/{loudness.true_peak_dbtp(o, 16):.4f}"
+                    for n, o in outs.items())
+            print(f"  {label:5s}  {stage:28s} relative error {err:9.2e}{peaks}", flush=True)
+            rows.append((label, stage, err))
+        m = {n: loudness.measure(backend.to_device(host, n), rate) for n in (reference, other)}
+        print(f"  {label:5s}  {'loudness measure':28s} integrated {m[reference].integrated_lufs:.6f} / "
+              f"{m[other].integrated_lufs:.6f} LUFS, LRA {m[reference].loudness_range_lu:.4f} / "
+              f"{m[other].loudness_range_lu:.4f} LU, true peak {m[reference].true_peak_dbtp:.6f} / "
+              f"{m[other].true_peak_dbtp:.6f} dBTP", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=240.0, help="track length in seconds (default 240)")
@@ -530,6 +576,8 @@ def main(argv=None) -> int:
     for name in dict.fromkeys(names):
         run(name, args.seconds, args.rate, gpu_repeat if name == "gpu" else args.repeat, args.flat,
             args.bandwidth_mib)
+    if "gpu" in names and "cpu" in names:
+        compare("cpu", "gpu", min(args.seconds, 60.0), args.rate, seed=int(time.time()) % 100_000)
     return 0
 
 

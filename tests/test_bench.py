@@ -77,3 +77,13 @@ def test_host_bench_prints_both_workers_bounds(capsys):
     bound = {w: float(line.split("at most")[1].split("%")[0]) for w, line in lines.items()}
     assert 0 < bound["CPU"] < bound["GPU"] < 100  # the device takes the meters off the GPU worker's host
     assert "second meter (pyloudnorm)" in out and "no (device)" in out
+
+
+def test_backend_comparison_runs_every_stage(bench, capsys):
+    """bench.compare's plumbing, host against host (the GPU run compares cpu and gpu):
+    every stage on both inputs, identical outputs, the true peaks printed."""
+    rows = bench.compare("cpu", "cpu", 3.0, 48000, seed=7)
+    out = capsys.readouterr().out
+    assert {(label, stage) for label, stage, _ in rows} >= {("music", "chain master()"), ("noise", "limiter (+6 dB)")}
+    assert len(rows) == 12 and all(err == 0.0 for _, _, err in rows)
+    assert "true peak 4x/16x" in out and "noise seed 7" in out and "loudness measure" in out
