@@ -422,11 +422,12 @@ def run(name: str, seconds: float, rate: int, repeat: int, flat: bool = False, b
     show(label, r)
     timed.append(("chain", f"WHOLE CHAIN master() ({res.passes} pass{'es' if res.passes != 1 else ''})", r["median"]))
     if gpu:  # what the fused RawKernels buy: the same chain on their array paths
+        before = backend.RAW_KERNELS
         backend.RAW_KERNELS = False
         try:
             off = timeit(lambda: master(x, rate, CHAIN), xp, repeat)
         finally:
-            backend.RAW_KERNELS = True
+            backend.RAW_KERNELS = before
         show("WHOLE CHAIN, RawKernels off", off)
         print(f"  {name:3s}  RawKernels (FARM_RAW_KERNELS): chain median {r['median'] * 1e3:.2f} ms with, "
               f"{off['median'] * 1e3:.2f} ms without ({off['median'] / r['median']:.2f}x)", flush=True)

@@ -291,8 +291,8 @@ def _render_whole(task: RenderTask, name: str, timings: dict, t_start: float, so
     # One long track can need more device memory than the GPU has: it is mastered on
     # the CPU instead of failing (see master_with_fallback).
     res, mastered, label = master_with_fallback(x, rate, chain, ir, name, run_chain=run_chain, timings=timings)
-    if label == GPU_OOM_BACKEND:  # the device is short of memory: the master is measured on the host
-        name = "cpu"
+    if label == GPU_OOM_BACKEND:  # the device is short of memory: the rest of the track runs on the host
+        name, held = "cpu", backend.to_host(held)
     t = time.perf_counter()
     timings.update({f"chain_{k}": round(v, 4) for k, v in res.stage_seconds.items()})
 
@@ -526,11 +526,8 @@ def _validate(task: RenderTask, dec, check, after: dict, rate: int, bit_depth: i
         checks["loudness"] = lufs is not None and abs(lufs - target) <= d.tolerance_lu
         if not checks["loudness"]:
             problems.append(f"integrated loudness {lufs} LUFS is outside {target} +/- {d.tolerance_lu} LU")
-        # pyloudnorm takes at most 5 channels (L, R, C, Ls, Rs): for 5.1 (SMPTE order
-        # L, R, C, LFE, Ls, Rs) leave out the LFE, which BS.1770 does not count either.
-        cross = None if audio_out is None else audio_out[[0, 1, 2, 4, 5]] if check.channels == 6 else audio_out
-        if cross is not None and cross.shape[0] <= 5:
-            pln = _pyloudnorm(cross, check.sample_rate)
+        if audio_out is not None and check.channels <= 6:
+            pln = _pyloudnorm(audio_out, check.sample_rate)
             after["pyloudnorm_lufs"] = _round(pln)
             checks["loudness_cross_check"] = bool(pln is not None and lufs is not None
                                                    and abs(pln - lufs) <= PYLOUDNORM_AGREEMENT_LU)
@@ -557,6 +554,9 @@ def _validate(task: RenderTask, dec, check, after: dict, rate: int, bit_depth: i
 def _pyloudnorm(x, rate: int) -> float | None:
     """Integrated loudness by the independent second meter, None if it has none.
 
+    pyloudnorm takes at most 5 channels (L, R, C, Ls, Rs): of 5.1 (SMPTE order
+    L, R, C, LFE, Ls, Rs) the LFE is left out, which BS.1770 does not count either.
+
     pyloudnorm itself on the host. A master held on a GPU is measured there by
     pyloudnorm's own arithmetic and filters (:mod:`kernels.pyloudnorm_meter`,
     held to pyloudnorm by the tests): pyloudnorm on the host was the largest
@@ -566,7 +566,7 @@ def _pyloudnorm(x, rate: int) -> float | None:
         from kernels.pyloudnorm_meter import integrated_loudness
 
         try:
-            v = integrated_loudness(x, rate)
+            v = integrated_loudness(_without_lfe(x), rate)
             return v if math.isfinite(v) else None
         except ValueError:
             return None
@@ -579,7 +579,12 @@ def _pyloudnorm(x, rate: int) -> float | None:
 
     m = pyloudnorm.Meter(rate, filter_class="DeMan")
     try:
-        v = m.integrated_loudness(x.T.astype(np.float64))
+        v = m.integrated_loudness(_without_lfe(x).T.astype(np.float64))
     except ValueError:
         return None
     return v if math.isfinite(v) else None
+
+
+def _without_lfe(x):
+    """``x`` (channels, samples) without the LFE of a 5.1 layout (channel 3)."""
+    return x[[0, 1, 2, 4, 5]] if x.shape[0] == 6 else x

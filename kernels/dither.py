@@ -178,9 +178,10 @@ def flat_args(xs, r1, r2, scale: float, out) -> tuple[int, tuple]:
     rows, m = xs.shape
     assert xs.strides[-1] == xs.itemsize and out.strides[-1] == out.itemsize
     dithered = r1 is not None
-    return rows * m, (xs, np.int64(xs.strides[0] // xs.itemsize), r1 if dithered else xs,
-                      r2 if dithered else xs, np.int32(dithered), np.int64(rows), np.int64(m), np.float64(scale),
-                      out, np.int64(out.strides[0] // out.itemsize))
+    if not dithered:  # not read: an empty array of the parameter's type
+        r1 = r2 = backend.array_module(xs).empty(0, dtype=np.float64)
+    return rows * m, (xs, np.int64(xs.strides[0] // xs.itemsize), r1, r2, np.int32(dithered), np.int64(rows),
+                      np.int64(m), np.float64(scale), out, np.int64(out.strides[0] // out.itemsize))
 
 
 class QuantizeStream(Streamer):

@@ -418,8 +418,8 @@ def _curved_pair(xp, core, nxt, ph, factor: int, kappa: float):
     The array operations below are the reference; float32 on a device runs
     :data:`CURVED_PAIR_CUDA`, one pass that reads the points once (the arrays
     here moved ~8.7 GB per 4-min track through device memory, bench/kernels.py)."""
-    if backend.raw_kernels(xp) and core.dtype == xp.float32 and all(a.strides[-1] == a.itemsize
-                                                                     for a in (core, nxt, ph)):
+    if backend.raw_kernels(xp) and all(a.dtype == xp.float32 and a.strides[-1] == a.itemsize
+                                        for a in (core, nxt, ph)):
         e0, e1 = xp.empty(core.shape[1], dtype=xp.float32), xp.empty(core.shape[1], dtype=xp.float32)
         work, args = curved_pair_args(core, nxt, ph, factor, kappa, e0, e1)
         backend.launch(CURVED_PAIR_CUDA, "farm_curved_pair", work, args)
@@ -575,12 +575,21 @@ def required_gain_args(env, ceiling: float, g) -> tuple:
 
 def to_db_args(g2, g_req, d) -> tuple:
     """``farm_gain_to_db``: ``g2 = min(g2, g_req)`` in place and ``d`` its reduction in dB (contiguous float64)."""
+    _float64(g2, g_req, d)
     return g2, g_req, np.int64(g2.size), np.float64(-_DB_PER_NEPER), d
 
 
 def from_db_args(d, g2) -> tuple:
     """``farm_gain_from_db``: the released reduction ``d`` (dB) back to gains, snapped, ``min`` with ``g2`` in place."""
+    _float64(d, g2)
     return d, np.int64(g2.size), np.float64(SNAP_DB), np.float64(-1.0 / _DB_PER_NEPER), g2
+
+
+def _float64(*arrays) -> None:
+    """The kernels read these as contiguous ``double`` arrays of one length."""
+    for a in arrays:
+        if a.dtype != np.float64 or a.ndim != 1 or a.size != arrays[0].size or a.strides[0] != 8:
+            raise TypeError(f"GAIN_CUDA needs contiguous float64 arrays of one length, got {a.dtype} {a.shape}")
 
 
 def gain_curve(g_req, lookahead_samples: int, release_samples: float):

@@ -36,3 +36,18 @@ def tol(xp_or_dtype, f32: float = 1e-5, f64: float = 1e-10) -> float:
     """Tolerance by dtype: float32 ~1e-5 relative, float64 ~1e-10."""
     dt = np.dtype(getattr(xp_or_dtype, "dtype", xp_or_dtype))
     return f32 if dt == np.float32 else f64
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The names of the RawKernels launched through ``backend.launch`` during the test
+    (a GPU test asserts its kernel ran, not an array path that a guard fell back to)."""
+    names: list[str] = []
+    real = backend.launch
+
+    def spy(source, name, work_items, args):
+        names.append(name)
+        return real(source, name, work_items, args)
+
+    monkeypatch.setattr(backend, "launch", spy)
+    return names

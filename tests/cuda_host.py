@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -53,18 +54,45 @@ def load(source: str) -> ctypes.CDLL:
     return ctypes.CDLL(lib)
 
 
-def arg(v):
-    """A kernel argument as ctypes passes it: arrays by the address of their first
-    element (a view's strides are the kernel's other arguments), NumPy scalars by C type."""
-    if isinstance(v, np.ndarray):
-        return ctypes.c_void_p(v.ctypes.data)
-    return {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
-            np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}[np.asarray(v).dtype](v)
+# C types of kernel parameters and the NumPy dtypes CuPy packs as them
+C_TYPES = {"int": np.int32, "long long": np.int64, "float": np.float32, "double": np.float64}
+_CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.float32: ctypes.c_float,
+           np.float64: ctypes.c_double}
+
+
+def signature(source: str, name: str) -> list[tuple[str, bool]]:
+    """``[(C type, is a pointer)]`` of kernel ``name``'s parameters in ``source``."""
+    m = re.search(r'extern "C" __global__ void ' + re.escape(name) + r"\((.*?)\)\s*\{", source, re.S)
+    assert m, f"no kernel {name} in the source"
+    params = []
+    for p in m.group(1).split(","):
+        words = [w for w in p.replace("*", " * ").split() if w not in ("const", "__restrict__")]
+        params.append((" ".join(w for w in words[:-1] if w != "*"), "*" in words))
+    return params
+
+
+def check_args(source: str, name: str, args: tuple) -> None:
+    """The arguments as CuPy would pack them for the kernel's C signature: one per
+    parameter, arrays of the pointer's element type where it takes a pointer, and
+    NumPy scalars of exactly the parameter's width elsewhere (on the host a wrong
+    width can pass unnoticed through the calling convention; on a device it would
+    shift every later argument)."""
+    params = signature(source, name)
+    assert len(args) == len(params), f"{name}: {len(args)} arguments for {len(params)} parameters"
+    for i, ((ctype, pointer), v) in enumerate(zip(params, args)):
+        want = C_TYPES[ctype]
+        if pointer:
+            assert isinstance(v, np.ndarray) and v.dtype == want, f"{name} argument {i}: {ctype}* needs a {want} array"
+        else:
+            assert type(v) is want, f"{name} argument {i}: {ctype} needs a numpy {want.__name__}, got {type(v)}"
 
 
 def run(source: str, name: str, args: tuple) -> None:
-    """Call kernel ``name`` of ``source`` once on the host: every work item, in order."""
-    getattr(load(source), name)(*(arg(a) for a in args))
+    """Call kernel ``name`` of ``source`` once on the host: every work item, in order
+    (after :func:`check_args`)."""
+    check_args(source, name, args)
+    fn = getattr(load(source), name)
+    fn(*(ctypes.c_void_p(v.ctypes.data) if isinstance(v, np.ndarray) else _CTYPES[type(v)](v) for v in args))
 
 
 def nvcc_ptx(source: str, arch: str = "sm_90") -> subprocess.CompletedProcess:

@@ -98,15 +98,18 @@ def test_raw_kernels_are_device_only_and_can_be_turned_off():
 
 
 @pytest.mark.gpu
-def test_gpu_chain_with_and_without_raw_kernels_agree(monkeypatch):
+def test_gpu_chain_with_and_without_raw_kernels_agree(monkeypatch, launches):
     """On a GPU: master() through the RawKernels and through their array paths."""
     import cupy
 
     x = cupy.asarray(music(6.0, RATE, 2).astype(np.float32))
     params = ChainParams(loudness=LoudnessParams(target_lufs=-14.0), limiter=LimiterParams(ceiling_dbtp=-1.0))
     fused = master(x, RATE, params)
+    assert {"farm_curved_pair", "farm_required_gain", "farm_gain_to_db", "farm_k_frames"} <= set(launches)
+    launches.clear()
     monkeypatch.setattr(backend, "RAW_KERNELS", False)
     arrays = master(x, RATE, params)
+    assert launches == []
     assert fused.passes == arrays.passes
     assert abs(fused.integrated_lufs - arrays.integrated_lufs) < 1e-6 and fused.true_peak_dbtp <= -1.0
     np.testing.assert_allclose(cupy.asnumpy(fused.audio), cupy.asnumpy(arrays.audio), atol=2e-7)

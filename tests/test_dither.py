@@ -164,12 +164,15 @@ def test_device_flat_tpdf_kernel_source_equals_the_array_path_on_the_cpu(bits):
 
 
 @pytest.mark.gpu
-def test_device_flat_tpdf_kernel_equals_the_array_path_on_the_device():
+def test_device_flat_tpdf_kernel_equals_the_array_path_on_the_device(launches):
     """On a GPU: float32 input takes the kernel, float64 input (the same values) the
     array path; the same draws, so the same bytes."""
     import cupy
 
     x = cupy.asarray(music(3.0, 48000, 2).astype(np.float32))
     for p in (DitherParams(bit_depth=16), DitherParams(bit_depth=24, dither=False)):
-        fused, arrays = quantize(x, p), quantize(x.astype(cupy.float64), p)
+        launches.clear()
+        fused = quantize(x, p)
+        assert launches and set(launches) == {"farm_tpdf_quantize"}
+        arrays = quantize(x.astype(cupy.float64), p)
         assert cupy.asnumpy(fused).tobytes() == cupy.asnumpy(arrays).tobytes()

@@ -383,7 +383,7 @@ def test_device_curvature_kernel_source_equals_the_reference_on_the_cpu(factor):
 
 
 @pytest.mark.gpu
-def test_device_curvature_kernel_equals_the_reference_on_the_same_views():
+def test_device_curvature_kernel_equals_the_reference_on_the_same_views(launches):
     """On a GPU: the kernel against the reference array operations run on the host
     over the same (device-computed) views: the same bytes; and detection_pair on the
     device close to the host's (the FFTs differ)."""
@@ -397,7 +397,9 @@ def test_device_curvature_kernel_equals_the_reference_on_the_same_views():
     bank = cupy.asarray(phase_bank((4,)), dtype=cupy.float32)
     for s, e in ((0, 50_000), (50_000, n)):
         views = limiter.pair_views(dev, 0, s, e, n, bank)
+        launches.clear()
         got = limiter._curved_pair(cupy, *views, 4, limiter.CURVATURE)
+        assert launches == ["farm_curved_pair"]
         want = limiter._curved_pair(np, *(cupy.asnumpy(v) for v in views), 4, limiter.CURVATURE)
         for g, w in zip(got, want):
             assert cupy.asnumpy(g).tobytes() == w.tobytes()

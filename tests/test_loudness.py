@@ -412,7 +412,7 @@ def test_device_k_weighting_kernel_sources_equal_the_array_path_on_the_cpu(rate,
 
 
 @pytest.mark.gpu
-def test_device_weighted_power_kernels_equal_the_array_path_on_the_device():
+def test_device_weighted_power_kernels_equal_the_array_path_on_the_device(launches):
     """On a GPU: weighted_power through the two kernels (float32 input) against the
     array path on the same device (float64 input takes it), to float64 rounding of
     the float32 -> float64 conversion (exact): the same bits."""
@@ -420,5 +420,6 @@ def test_device_weighted_power_kernels_equal_the_array_path_on_the_device():
 
     x = cupy.asarray(music(4.0, RATE, 2).astype(np.float32))
     fused = L.weighted_power(x, RATE)
+    assert launches == ["farm_k_frames", "farm_k_power"]
     arrays = L.weighted_power(x.astype(cupy.float64), RATE)
     assert cupy.asnumpy(fused).tobytes() == cupy.asnumpy(arrays).tobytes()

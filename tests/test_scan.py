@@ -258,7 +258,7 @@ def _device_dispatch(launch):
 
 
 @pytest.mark.gpu
-def test_device_scans_take_the_blocked_kernels_and_agree_with_the_host():
+def test_device_scans_take_the_blocked_kernels_and_agree_with_the_host(launches):
     """On a GPU: a float64 scan with a constant coefficient runs blocked_scan; the
     limiter's release against the host's sequential loop."""
     import cupy
@@ -267,4 +267,5 @@ def test_device_scans_take_the_blocked_kernels_and_agree_with_the_host():
     t = np.maximum(0.0, rng.standard_normal((2, 300_001)) * 4.0) * (rng.random((2, 300_001)) < 0.01)
     a = math.exp(-1.0 / 2400.0)
     got = cupy.asnumpy(scan.affine_max_scan(cupy.asarray(t), a, 0.0, 0.5))
+    assert launches[:2] == ["farm_scan_local", "farm_scan_local"] and launches[-1] == "farm_scan_fix"
     np.testing.assert_allclose(got, scan.affine_max_scan(t, a, 0.0, 0.5), rtol=1e-12, atol=1e-12)
