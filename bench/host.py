@@ -11,9 +11,10 @@ track (best of ``--repeat``), in two columns:
 * the CPU worker: every step on the host (the meters, the second meter, the
   plot series of the input and the master);
 * a GPU worker, as ``render_track`` now runs it: the meters, the second meter
-  (``kernels.pyloudnorm_meter``) and the plot series run on the device, so the
-  host keeps the codecs, the re-decode of the written master, the tags and the
-  output's hash.
+  (``kernels.pyloudnorm_meter``) and the plot series run on the device, and the
+  decoded frames go up as libsndfile reads them (samples, channels) to be
+  transposed there, so the host keeps the codecs, the re-decode of the written
+  master, the tags and the output's hash.
 
 and prints the bound a host-bound node cannot pass:
 ``codec / (codec + host extras)``. Device time is not counted (it overlaps
@@ -69,11 +70,15 @@ def main(argv=None) -> int:
         steps = [  # (step, seconds, on the host of a GPU worker too)
             ("decode the input", best(lambda: audio.decode(src), a.repeat), True),
             ("encode the master", best(lambda: audio.encode(out, dec.audio, a.rate, a.format, 24), a.repeat), True),
+            ("the input as (channels, samples) on the host", best(lambda: np.ascontiguousarray(dec.interleaved.T),
+                                                                   a.repeat), False),
             ("measure the input (I, LRA, M, S, TP 4x)", best(lambda: render._stats(dec.audio, a.rate), a.repeat),
              False),
             ("plot series of the input", best(lambda: plots.side_from_array(dec.audio, a.rate, st), a.repeat), False),
             ("write the tags", best(lambda: tags.write_tags(out, {"title": "t", "artist": "a"}), a.repeat), True),
             ("re-decode the written master", best(lambda: audio.decode(out), a.repeat), True),
+            ("the master as (channels, samples) on the host",
+             best(lambda: np.ascontiguousarray(back.interleaved.T), a.repeat), False),
             ("measure the master", best(lambda: render._stats(back.audio, a.rate), a.repeat), False),
             ("second meter (pyloudnorm)", best(lambda: render._pyloudnorm(back.audio, a.rate), a.repeat), False),
             ("plot series of the master", best(lambda: plots.side_from_array(back.audio, a.rate, st), a.repeat),

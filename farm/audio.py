@@ -13,6 +13,7 @@ is written as RF64 (RF64 and W64 inputs are read like WAV).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import struct
 import tempfile
@@ -40,21 +41,35 @@ class AudioError(Exception):
     """A file that cannot be decoded or written; the message names the file."""
 
 
+# Integer PCM: decoded to float32 by scaling, so never NaN or infinite (no check needed)
+_INTEGER_PCM = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32"})
+
+
 @dataclass(frozen=True)
 class Decoded:
-    audio: np.ndarray  # float32, (channels, samples)
+    """A decoded file. ``interleaved`` is float32 (samples, channels) as libsndfile
+    reads it; ``audio``, the (channels, samples) copy the kernels take, is made on
+    first use, so a GPU worker that uploads ``interleaved`` and transposes on the
+    device never pays for it on the host (~35 ms per 4 min of stereo)."""
+
+    interleaved: np.ndarray  # float32, (samples, channels)
     sample_rate: int
     format: str  # libsndfile major format, e.g. "FLAC"
     subtype: str  # e.g. "PCM_24", "VORBIS", "MPEG_LAYER_III"
     path: str
 
+    @functools.cached_property
+    def audio(self) -> np.ndarray:
+        """float32, (channels, samples), C-contiguous."""
+        return np.ascontiguousarray(self.interleaved.T)
+
     @property
     def channels(self) -> int:
-        return self.audio.shape[0]
+        return self.interleaved.shape[1]
 
     @property
     def frames(self) -> int:
-        return self.audio.shape[1]
+        return self.interleaved.shape[0]
 
     @property
     def duration_s(self) -> float:
@@ -139,9 +154,9 @@ def decode(path: str) -> Decoded:
     declared, slack = _expected(path, fmt, info_frames)
     _check_complete(path, data.shape[0], declared, slack)
     _check_channels(path, channels)
-    if not np.isfinite(data).all():
+    if subtype not in _INTEGER_PCM and not np.isfinite(data).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
-    return Decoded(np.ascontiguousarray(data.T), int(rate), fmt, subtype, os.path.abspath(path))
+    return Decoded(data, int(rate), fmt, subtype, os.path.abspath(path))
 
 
 class BlockReader:

@@ -238,8 +238,9 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
         return _render_whole(task, name, timings, t_start, source, shared)
 
 
-def _measured(x: np.ndarray, rate: int, name: str):
-    """``(x where it was measured, its rounded stats, its short-term series)``.
+def _measured(dec: audio.Decoded, name: str):
+    """``(the samples where they were measured, their rounded stats, their short-term series)``
+    of a decoded file.
 
     On a GPU worker the meters run on the device, so the host only decodes,
     encodes, tags and cross-checks (its meters and the plot series were ~2.5 s
@@ -247,13 +248,22 @@ def _measured(x: np.ndarray, rate: int, name: str):
     is returned for the chain and the plot series to reuse. Out of GPU memory,
     the measurement runs on the host instead of failing the track."""
     try:
-        held = backend.to_device(x, name)
-        return (held, *_stats(held, rate))
+        held = _on_backend(dec, name)
+        return (held, *_stats(held, dec.sample_rate))
     except Exception as e:  # MemoryError is an Exception; anything else that is no GPU OOM re-raises
         if name == "cpu" or not _is_gpu_oom(e):
             raise
     _free_gpu_memory()  # outside the except block: the failed attempt's arrays are gone
-    return (x, *_stats(x, rate))
+    return (dec.audio, *_stats(dec.audio, dec.sample_rate))
+
+
+def _on_backend(dec: audio.Decoded, name: str):
+    """``dec``'s samples (channels, samples) on backend ``name``: on a GPU the
+    interleaved frames go up as decoded and are transposed there."""
+    if backend.resolve(name) != "gpu":
+        return dec.audio
+    dev = backend.to_device(dec.interleaved, name)
+    return backend.array_module(dev).ascontiguousarray(dev.T)
 
 
 def _render_whole(task: RenderTask, name: str, timings: dict, t_start: float, source: dict | None,
@@ -271,7 +281,7 @@ def _render_whole(task: RenderTask, name: str, timings: dict, t_start: float, so
         dec = audio.decode(src)
         t = lap("decode", t)
         _check_length(src, dec.duration_s)
-        held, before, before_st = _measured(dec.audio, dec.sample_rate, name)
+        held, before, before_st = _measured(dec, name)
         t = lap("measure_input", t)
         if before["integrated_lufs"] is None:
             raise UnmeasurableError("silent (nothing above the -70 LUFS absolute gate): nothing to master")
@@ -306,7 +316,7 @@ def _render_whole(task: RenderTask, name: str, timings: dict, t_start: float, so
         tags.write_tags(tmp, task.track.tags, loudness=loud_tags)
         t = lap("tag", t)
         check = audio.decode(tmp)
-        held_out, after, after_st = _measured(check.audio, check.sample_rate, name)
+        held_out, after, after_st = _measured(check, name)
         checks, problems = _validate(task, dec, check, after, rate, bit_depth, held_out)
         # the report's plot series (farm.plots) of the input and the delivered file, pass or fail,
         # where they were measured; their short-term loudness comes from the measurements above

@@ -104,3 +104,24 @@ def test_committed_files_get_the_umask_mode_not_the_tempfile_0600(tmp_path):
     mask = os.umask(0o022)
     os.umask(mask)
     assert os.stat(final).st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_decoded_keeps_the_frames_as_read_and_transposes_on_first_use(tmp_path):
+    """decode returns libsndfile's (samples, channels) frames; ``audio`` is the
+    (channels, samples) C-contiguous copy the kernels take, made once."""
+    x = music(1.0, 48000, 3).astype(np.float32)
+    dec = audio.decode(_write(tmp_path / "a.wav", x, subtype="FLOAT"))
+    assert dec.interleaved.shape == (48000, 3) and (dec.channels, dec.frames) == (3, 48000)
+    a = dec.audio
+    assert a.shape == (3, 48000) and a.flags.c_contiguous and a is dec.audio
+    assert np.array_equal(a, x) and np.array_equal(a, dec.interleaved.T)
+
+
+def test_a_float_file_still_refuses_infinity_and_pcm_needs_no_check(tmp_path):
+    x = music(1.0, 48000, 2).astype(np.float32)
+    x[1, 7] = np.inf
+    with pytest.raises(audio.AudioError, match="inf.wav: contains NaN or infinite"):
+        audio.decode(_write(tmp_path / "inf.wav", x, subtype="FLOAT"))
+    for subtype in ("PCM_16", "PCM_24", "PCM_32"):  # integers scale to finite floats
+        assert np.isfinite(audio.decode(_write(tmp_path / f"{subtype}.wav", np.clip(x, -1, 0.99),
+                                                subtype=subtype)).audio).all()

@@ -522,8 +522,10 @@ def test_a_measurement_out_of_gpu_memory_runs_on_the_host(monkeypatch):
     worker); out of device memory they run on the host instead, and any other
     error is not swallowed."""
     import farm.render as render
+    from farm.audio import Decoded
 
     x = music(4.0, RATE, 2, seed=5).astype(np.float32)
+    dec = Decoded(np.ascontiguousarray(x.T), RATE, "WAV", "PCM_24", "/in/x.wav")
     real = render._stats
     calls = []
 
@@ -533,10 +535,10 @@ def test_a_measurement_out_of_gpu_memory_runs_on_the_host(monkeypatch):
             raise MemoryError("simulated device out of memory")
         return real(a, rate)
 
-    monkeypatch.setattr(render.backend, "to_device", lambda a, name="auto": a.copy())  # a "device" copy
+    monkeypatch.setattr(render, "_on_backend", lambda d, name: d.audio.copy())  # a "device" copy
     monkeypatch.setattr(render, "_stats", stats)
-    held, st, series = render._measured(x, RATE, "gpu")
-    assert held is x and calls[1] is x  # measured again on the host array itself
+    held, st, series = render._measured(dec, "gpu")
+    assert held is dec.audio and calls[1] is dec.audio  # measured again on the host array itself
     want, want_series = real(x, RATE)
     assert st == want and np.array_equal(series, want_series)
 
@@ -545,7 +547,24 @@ def test_a_measurement_out_of_gpu_memory_runs_on_the_host(monkeypatch):
 
     monkeypatch.setattr(render, "_stats", broken)
     with pytest.raises(ValueError):
-        render._measured(x, RATE, "gpu")
+        render._measured(dec, "gpu")
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_decoded_frames_go_up_as_read_and_are_transposed_there():
+    """render._on_backend: the (samples, channels) frames are uploaded and transposed on
+    the device; the host's (channels, samples) copy is never made."""
+    import cupy
+
+    import farm.render as render
+    from farm.audio import Decoded
+
+    x = music(2.0, RATE, 2, seed=8).astype(np.float32)
+    dec = Decoded(np.ascontiguousarray(x.T), RATE, "WAV", "PCM_24", "/in/x.wav")
+    dev = render._on_backend(dec, "gpu")
+    assert isinstance(dev, cupy.ndarray) and dev.flags.c_contiguous and dev.shape == x.shape
+    assert "audio" not in vars(dec)  # the cached host transpose was not needed
+    assert np.array_equal(cupy.asnumpy(dev), x)
 
 
 def test_the_second_meter_on_a_device_falls_back_to_pyloudnorm_when_out_of_memory(monkeypatch):
