@@ -60,8 +60,11 @@ class Decoded:
 
     @functools.cached_property
     def audio(self) -> np.ndarray:
-        """float32, (channels, samples), C-contiguous."""
-        return np.ascontiguousarray(self.interleaved.T)
+        """float32, (channels, samples), C-contiguous. Once made, ``interleaved``
+        becomes a view of it, so the decoded samples are held once, not twice."""
+        a = np.ascontiguousarray(self.interleaved.T)
+        object.__setattr__(self, "interleaved", a.T)  # frozen: the same samples, the old buffer freed
+        return a
 
     @property
     def channels(self) -> int:

@@ -115,6 +115,7 @@ def test_decoded_keeps_the_frames_as_read_and_transposes_on_first_use(tmp_path):
     a = dec.audio
     assert a.shape == (3, 48000) and a.flags.c_contiguous and a is dec.audio
     assert np.array_equal(a, x) and np.array_equal(a, dec.interleaved.T)
+    assert dec.interleaved.base is a  # held once: the frames are now a view of it
 
 
 def test_a_float_file_still_refuses_infinity_and_pcm_needs_no_check(tmp_path):
