@@ -578,7 +578,7 @@ def main(argv=None) -> int:
         run(name, args.seconds, args.rate, gpu_repeat if name == "gpu" else args.repeat, args.flat,
             args.bandwidth_mib)
     if "gpu" in names and "cpu" in names:
-        compare("cpu", "gpu", min(args.seconds, 60.0), args.rate, seed=int(time.time()) % 100_000)
+        compare("cpu", "gpu", min(args.seconds, 30.0), args.rate, seed=int(time.time()) % 100_000)
     return 0
 
 
