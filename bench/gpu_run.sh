@@ -219,12 +219,14 @@ step render-all-cores 120 "$OUT/render-threads.log" 0 "$PY" bench/render.py --wo
     echo "================ SUMMARY ($(( $(date +%s) - START )) s of the ${BUDGET_S} s budget; logs in $OUT)"
     printf '  %s\n' "${STEPS[@]}"
     grep -h "^# GPU" "$OUT/kernels.log" 2>/dev/null
-    grep -h -E "^  (cpu|gpu)  (WHOLE CHAIN master\(\) -14|chain \(best run\))" "$OUT/kernels.log" 2>/dev/null
+    grep -h -E "^  (cpu|gpu)  (WHOLE CHAIN master\(\) -14|chain \(best run\)|RawKernels)" "$OUT/kernels.log" 2>/dev/null
     # the backends against each other, stage by stage (the relative error per stage)
     grep -h -E "^# gpu against cpu|^  (music|noise)  " "$OUT/kernels.log" 2>/dev/null
-    # the last backend's floor table (the GPU's on the device): from its bandwidth line to the end
-    awk '/^  (cpu|gpu)  bandwidth /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$OUT/kernels.log" 2>/dev/null \
-        | grep -E "^  (cpu|gpu)  "
+    # the floor table (the GPU's where there is one): its bandwidth line and the rows after it
+    tbl=gpu
+    grep -q "^  gpu  bandwidth " "$OUT/kernels.log" 2>/dev/null || tbl=cpu
+    awk -v p="  $tbl  " 'index($0, p "bandwidth ") == 1 {on = 1} on && index($0, p) != 1 {on = 0} on' \
+        "$OUT/kernels.log" 2>/dev/null
     for f in render.log render-threads.log; do
         [ -s "$OUT/$f" ] || continue
         echo "  ($f)"
