@@ -24,7 +24,10 @@ programme's file stays as small as a single's (~100 kB).
 Everything here works block by block (:class:`SideStream`: push blocks,
 then finish), so the streamed render computes the same series without
 holding the programme; :func:`side_from_array` is the same accumulator fed
-one block. Plot data is auxiliary: a failure here is logged and leaves
+one block. Blocks may live on the host or a GPU: the FFTs and hop peaks run
+where the samples are, and only sums, peaks and a few samples around the
+candidate peaks come to the host (a GPU worker's CPU then spends nothing on
+the series). Plot data is auxiliary: a failure here is logged and leaves
 ``plot_data`` empty, it never fails a master.
 """
 from __future__ import annotations

@@ -21,6 +21,11 @@ the position inside a chunk, not over the samples of the track; a fresh
 state only makes the first five samples of each chunk unshaped (white TPDF
 noise), which moves the long-term spectrum by well under 0.1 dB.
 
+On the host the feedback loop runs compiled (Numba), on a device as one
+RawKernel (:data:`SHAPING_CUDA`, a thread per chunk); flat quantization on a
+device is one RawKernel per block (:data:`FLAT_CUDA`). The array code is the
+reference both are held to.
+
 The TPDF noise is drawn from one generator (seeded by ``params.seed``) block
 by block, :data:`DITHER_BLOCK_CPU` samples on the host and
 :data:`DITHER_BLOCK_GPU` on the device, the same for flat and shaped
