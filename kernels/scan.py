@@ -291,14 +291,13 @@ def blocked_scan(xp, t, a: float, b, y0, op: str, shape, launch):
     local_end = xp.empty((rows, nb), dtype=xp.float64)
     affine_end = xp.empty((rows, nb), dtype=xp.float64)
     launch(SCAN_CUDA, "farm_scan_local", rows * nb, (tt,) + common + (local, local_end, affine_end))
-    # block k maps its entering state y to pick(local_end[k], a**len * y + affine_end[k]); the
-    # last block's length differs, but its exit state is nobody's entering state
-    exits = _scan_public(local_end, float(a) ** SEQ_BLOCK, affine_end,
-                         xp.asarray(y0, dtype=xp.float64).reshape(rows), op) if nb > 1 else None
+    first = xp.asarray(y0, dtype=xp.float64).reshape(rows)
     y_in = xp.empty((rows, nb), dtype=xp.float64)
-    y_in[:, 0] = xp.asarray(y0, dtype=xp.float64).reshape(rows)
+    y_in[:, 0] = first
     if nb > 1:
-        y_in[:, 1:] = exits[:, :-1]
+        # every block but the last (each SEQ_BLOCK long) maps the state y entering it to
+        # pick(local_end[k], a**SEQ_BLOCK * y + affine_end[k]), the state entering block k + 1
+        y_in[:, 1:] = _scan_public(local_end[:, :-1], float(a) ** SEQ_BLOCK, affine_end[:, :-1], first, op)
     out = xp.empty((rows, n), dtype=xp.float64)
     launch(SCAN_CUDA, "farm_scan_fix", rows * nb, (local,) + common + (y_in, out))
     return out.reshape(shape)
