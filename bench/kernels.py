@@ -483,8 +483,6 @@ def compare(reference: str, other: str, seconds: float, rate: int, seed: int) ->
     chain also each backend's 4x and 16x true peak against the ceiling. Returns
     [(input, stage, relative error)]. Dither is compared undithered (the two
     backends draw different noise by design)."""
-    from kernels import oversample
-
     rows = []
     noise = (10 ** (-12 / 20) * np.random.default_rng(seed).standard_normal((2, int(seconds * rate)))
              ).astype(np.float32)

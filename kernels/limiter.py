@@ -255,9 +255,9 @@ def _check(x, gain, sample_rate: float, params: LimiterParams) -> LimiterResult:
         # Measured again where the applied (float32) gain changed, which is where the
         # output did: not `step < 1`, which a parallel cumsum in the ramp (the device's)
         # can leave at 1 - 1e-16 over whole unit-gain stretches.
-        step_x = gain.astype(x.dtype)
-        changed = step_x != gain_x
-        gain_x = step_x
+        corrected_x = gain.astype(x.dtype)
+        changed = corrected_x != gain_x
+        gain_x = corrected_x
         out = x * gain_x
         _remeasure(env, out, changed, check_factors)
 
