@@ -212,10 +212,11 @@ def test_blocked_scan_kernels_are_the_sequential_loop_given_each_blocks_state(op
 
 
 @pytest.mark.parametrize("b_kind", ["zero", "array"])
-def test_blocked_scan_joins_its_blocks_to_float64_rounding(b_kind):
-    """blocked_scan whole (kernels on the CPU, the block summaries through this
-    module's scan): the limiter's release (max, a close to 1, b = 0, t >= 0) and the
-    compressor's (b an array), against the sequential reference; two levels of blocks."""
+def test_blocked_scan_joins_its_blocks_to_float64_rounding(b_kind, monkeypatch):
+    """The public scan dispatched as on a device (kernels compiled for the CPU): the
+    limiter's release (max, a close to 1, b = 0, t >= 0) and the compressor's (b an
+    array) go through blocked_scan, the block summaries through the public scan
+    again; against the sequential reference, over two levels of blocks."""
     launch = _cpu_launch()
     rng = np.random.default_rng(3)
     n = scan.SEQ_BLOCK ** 2 + 999  # the summaries are long enough to be blocked again
@@ -229,32 +230,13 @@ def test_blocked_scan_joins_its_blocks_to_float64_rounding(b_kind):
         launched.append(name)
         return launch(source, name, work, args)
 
-    with _device_dispatch(count):
-        got = scan.blocked_scan(np, t, a, b, np.full((1,), 1.5), "max", t.shape, count)
+    monkeypatch.setattr(scan, "HOST_SEQUENTIAL", False)  # NumPy takes the device's dispatch ...
+    monkeypatch.setattr(backend, "raw_kernels", lambda xp: True)  # ... to the RawKernels ...
+    monkeypatch.setattr(backend, "launch", count)  # ... run on the CPU
+    got = scan.affine_max_scan(t, a, b, 1.5)
     assert launched.count("farm_scan_local") == 2  # the track's blocks, then the summaries' blocks
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     assert np.all(got >= t)  # never under the target: the release only holds gain reduction longer
-
-
-@contextlib.contextmanager
-def _device_dispatch(launch):
-    """Route this module's NumPy scans through blocked_scan as a device's would go
-    (``launch`` runs the kernels compiled for the CPU), so the recursion over block
-    summaries is exercised."""
-    real = scan._scan_public
-
-    def public(t, a, b, y0, op):
-        t = np.asarray(t)
-        if isinstance(a, float) and a >= 0.0 and t.dtype == np.float64 and t.shape[-1] > scan.SEQ_BLOCK:
-            shape = np.broadcast_shapes(t.shape, *[np.shape(v) for v in (b,) if not scan._is_scalar(v)])
-            return scan.blocked_scan(np, t, a, b, scan._y0(np, y0, shape, np.float64), op, shape, launch)
-        return real(t, a, b, y0, op)
-
-    scan._scan_public = public
-    try:
-        yield
-    finally:
-        scan._scan_public = real
 
 
 @pytest.mark.gpu
