@@ -14,16 +14,21 @@
 #                                  3. bench/render.py --backend gpu       (end to end vs codec floor)
 #                                  4. pytest -m gpu -q                    (every gpu-marked test)
 #                                  5. only after failures: the failed tests with FARM_RAW_KERNELS=0
-#                                  6. if time is left: bench/render.py with a worker thread per core
-#                                logs under $OUT (at most 8 files come back), a summary printed last.
+#                                  6. bench/short.py --backend gpu        (fixed device cost per track,
+#                                                                          thread scaling: batching?)
+#                                  7. if time is left: bench/render.py of short tracks, then of 2-min
+#                                     tracks, each with a worker thread per core
+#                                logs under $OUT, a summary printed last (the device tool brings back
+#                                8 files at most: 7 logs and summary.txt, which opens with env.txt's
+#                                lines; the junit XML stays in $WORK)
 #   bench/gpu_run.sh --cpu-only  HERE: the same steps with no GPU (backend cpu, short audio,
 #                                pytest -m gpu only collects and skips), logs under $OUT or a temp
 #                                dir: proves the script's plumbing before device time is spent.
 #
 # Environment: PY (python, default python3; --cpu-only prefers .venv/bin/python), OUT (log folder),
 # BUDGET_S (whole script, default 480 s: with the machine's start it leaves part of the 15-minute
-# device allowance for a rerun), KERNELS_ARGS / RENDER_ARGS / RENDER_THREADS_ARGS /
-# PYTEST_ARGS (extra arguments), WHEELS (wheel folder, default .whl).
+# device allowance for a rerun), KERNELS_ARGS / RENDER_ARGS / SHORT_ARGS / RENDER_SHORT_ARGS /
+# RENDER_THREADS_ARGS / PYTEST_ARGS (extra arguments), WHEELS (wheel folder, default .whl).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -96,6 +101,8 @@ if [ $CPU_ONLY = 1 ]; then
     BACKENDS=cpu
     KERNELS_DEFAULT="--seconds 20 --repeat 1"
     RENDER_DEFAULT="--backend cpu --tracks 2 --seconds 20"
+    SHORT_DEFAULT="--backend cpu --lengths 1,5 --repeat 1 --thread-seconds 2 --tracks 4 --threads 1,2"
+    RENDER_SHORT_DEFAULT="--backend cpu --tracks 4 --seconds 3"
     RENDER_THREADS_DEFAULT="--backend cpu --tracks 2 --seconds 10"
 else
     PY=${PY:-python3}
@@ -103,9 +110,12 @@ else
     BACKENDS=gpu,cpu  # the GPU's figures first: a step cut short by its time limit still has them
     KERNELS_DEFAULT="--repeat 1 --gpu-repeat 10"
     RENDER_DEFAULT="--backend gpu"
+    SHORT_DEFAULT="--backend gpu --lengths 1,5,30,240 --repeat 3 --thread-seconds 10 --tracks 64"
+    RENDER_SHORT_DEFAULT="--backend gpu --tracks 48 --seconds 10"
     RENDER_THREADS_DEFAULT="--backend gpu --tracks 16 --seconds 120"
 fi
 mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/gpu-run-work.XXXXXX)  # files that need not come back
 BUDGET_S=${BUDGET_S:-480}
 START=$(date +%s)
 export PYTHONUNBUFFERED=1
@@ -171,28 +181,29 @@ for m in ("numpy", "scipy", "numba", "cupy", "dask", "distributed", "soundfile",
 from kernels import backend
 print("kernels.backend.gpu_available():", backend.gpu_available(), "FFT workers:", backend.cpu_workers())
 EOF
-} >"$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
-if [ $CPU_ONLY = 0 ] && ! grep -q "gpu_available(): True" "$OUT/env.txt"; then
+} >"$WORK/env.txt" 2>&1
+cat "$WORK/env.txt"
+if [ $CPU_ONLY = 0 ] && ! grep -q "gpu_available(): True" "$WORK/env.txt"; then
     echo "CuPy sees no GPU (env.txt above): the GPU steps would fail; stopping" >&2
     exit 4
 fi
 
-# ---- 2-4. (caps: kernels 180 s, render 150 s, pytest what is left; the reserves keep later steps alive)
+# ---- 2-4. (caps: kernels 180 s, render 150 s, pytest what is left but 100 s for short.py and the
+# short-track render; the reserves keep later steps alive)
 # shellcheck disable=SC2086
-step kernels 180 "$OUT/kernels.log" 240 "$PY" bench/kernels.py --backend $BACKENDS ${KERNELS_ARGS:-$KERNELS_DEFAULT}
+step kernels 180 "$OUT/kernels.log" 280 "$PY" bench/kernels.py --backend $BACKENDS ${KERNELS_ARGS:-$KERNELS_DEFAULT}
 # shellcheck disable=SC2086
-step render 150 "$OUT/render.log" 120 "$PY" bench/render.py --workdir /tmp/farm-bench-render ${RENDER_ARGS:-$RENDER_DEFAULT}
+step render 150 "$OUT/render.log" 180 "$PY" bench/render.py --workdir /tmp/farm-bench-render ${RENDER_ARGS:-$RENDER_DEFAULT}
 XDIST=""
 [ $CPU_ONLY = 0 ] && "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
 # shellcheck disable=SC2086
-step pytest-gpu 600 "$OUT/pytest-gpu.log" 5 "$PY" -m pytest -m gpu -q -rfE -p no:cacheprovider --timeout 120 \
-    --junitxml "$OUT/pytest-gpu.xml" $XDIST ${PYTEST_ARGS:-}
+step pytest-gpu 600 "$OUT/pytest-gpu.log" 100 "$PY" -m pytest -m gpu -q -rfE -p no:cacheprovider --timeout 120 \
+    --junitxml "$WORK/pytest-gpu.xml" $XDIST ${PYTEST_ARGS:-}
 
 # ---- 5. only if gpu tests failed: those again with our RawKernels off (FARM_RAW_KERNELS=0), which
 # tells a failure of a fused kernel (none has run on a GPU before) from one of the rest
-if [ -s "$OUT/pytest-gpu.xml" ] && grep -q -E "<(failure|error)" "$OUT/pytest-gpu.xml"; then
-    mapfile -t FAILED < <("$PY" - "$OUT/pytest-gpu.xml" <<'EOF'
+if [ -s "$WORK/pytest-gpu.xml" ] && grep -q -E "<(failure|error)" "$WORK/pytest-gpu.xml"; then
+    mapfile -t FAILED < <("$PY" - "$WORK/pytest-gpu.xml" <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
 
@@ -201,21 +212,30 @@ for case in ET.parse(sys.argv[1]).iter("testcase"):
         print(case.get("classname").replace(".", "/") + ".py::" + case.get("name"))
 EOF
 )
-    [ ${#FAILED[@]} -gt 0 ] && step pytest-gpu-nokernels 120 "$OUT/pytest-nokernels.log" 0 env FARM_RAW_KERNELS=0 "$PY" -m pytest -q -rfE \
+    [ ${#FAILED[@]} -gt 0 ] && step pytest-gpu-nokernels 120 "$OUT/pytest-nokernels.log" 100 env FARM_RAW_KERNELS=0 "$PY" -m pytest -q -rfE \
         -p no:cacheprovider --timeout 120 "${FAILED[@]:0:60}"
 fi
 
-# ---- 6. if time is left: the node with a thread per core on its GPU worker (the default is
+# ---- 6. the device's cost per track besides the track's length, and how threads share it: whether
+# short tracks need batching on the device (or more worker processes per GPU) to keep up with the codecs
+# shellcheck disable=SC2086
+step short 60 "$OUT/short.log" 40 "$PY" bench/short.py ${SHORT_ARGS:-$SHORT_DEFAULT}
+
+# ---- 7. if time is left: the node with a thread per core on its GPU worker (the default is
 # min(4, cores per GPU)); with the meters on the device a GPU worker's host does ~0.2-0.4 s per
 # 4-min track besides the codecs (bench/host.py), so more threads may keep more cores busy
 NTHREADS=$(nproc 2>/dev/null || echo 4)
 [ $CPU_ONLY = 1 ] && NTHREADS=2
+# shellcheck disable=SC2086
+step render-short 90 "$OUT/render-short.log" 0 "$PY" bench/render.py --workdir /tmp/farm-bench-render-s \
+    --threads-per-worker "$NTHREADS" ${RENDER_SHORT_ARGS:-$RENDER_SHORT_DEFAULT}
 # shellcheck disable=SC2086
 step render-all-cores 120 "$OUT/render-threads.log" 0 "$PY" bench/render.py --workdir /tmp/farm-bench-render-t \
     --threads-per-worker "$NTHREADS" ${RENDER_THREADS_ARGS:-$RENDER_THREADS_DEFAULT}
 
 # ---- summary: the lines a reader needs, last in the output (the tool returns its tail)
 {
+    cat "$WORK/env.txt"
     echo "================ SUMMARY ($(( $(date +%s) - START )) s of the ${BUDGET_S} s budget; logs in $OUT)"
     printf '  %s\n' "${STEPS[@]}"
     grep -h "^# GPU" "$OUT/kernels.log" 2>/dev/null
@@ -227,7 +247,8 @@ step render-all-cores 120 "$OUT/render-threads.log" 0 "$PY" bench/render.py --wo
     grep -q "^  gpu  bandwidth " "$OUT/kernels.log" 2>/dev/null || tbl=cpu
     awk -v p="  $tbl  " 'index($0, p "bandwidth ") == 1 {on = 1} on && index($0, p) != 1 {on = 0} on' \
         "$OUT/kernels.log" 2>/dev/null
-    for f in render.log render-threads.log; do
+    grep -h -E "^  (cpu|gpu)  (FIXED COST|SHORT TRACKS)" "$OUT/short.log" 2>/dev/null
+    for f in render.log render-short.log render-threads.log; do
         [ -s "$OUT/$f" ] || continue
         echo "  ($f)"
         grep -h -E "^  (RESULT|codec floor \(decode\+encode\)|farm render --preset [^:]*x |render / floor)" "$OUT/$f"

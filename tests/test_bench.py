@@ -87,3 +87,33 @@ def test_backend_comparison_runs_every_stage(bench, capsys):
     assert {(label, stage) for label, stage, _ in rows} >= {("music", "chain master()"), ("noise", "limiter (+6 dB)")}
     assert len(rows) == 12 and all(err == 0.0 for _, _, err in rows)
     assert "true peak 4x/16x" in out and "noise seed 7" in out and "loudness measure" in out
+
+
+@pytest.fixture(scope="module")
+def short_bench():
+    spec = importlib.util.spec_from_file_location("bench_short", os.path.join(REPO, "bench", "short.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_short_fit_recovers_a_line(short_bench):
+    rows = [(s, 0.012 + 0.003 * s, 0.0) for s in (1.0, 5.0, 30.0)]
+    fixed, per_second = short_bench.fit(rows)
+    assert fixed == pytest.approx(0.012) and per_second == pytest.approx(0.003)
+
+
+def test_short_bench_prints_the_fixed_cost_and_the_thread_table(short_bench, capsys):
+    assert short_bench.main(["--backend", "cpu", "--lengths", "1,3", "--repeat", "1", "--thread-seconds", "1",
+                             "--tracks", "3", "--threads", "1,2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    per_track = [line.split() for line in out if line.startswith("  ") and len(line.split()) == 4
+                 and line.split()[0] in ("1.0", "3.0")]
+    assert [r[0] for r in per_track] == ["1.0", "3.0"]
+    assert float(per_track[1][1]) > float(per_track[0][1]) > 0  # longer audio, longer wall
+    fixed = next(line for line in out if "FIXED COST per track" in line)
+    assert fixed.startswith("  cpu  ") and "ms per audio second" in fixed
+    threads = [line.split() for line in out if len(line.split()) == 6 and line.split()[0] in ("1", "2")]
+    assert [t[0] for t in threads] == ["1", "2"] and float(threads[0][4]) == 1.0  # speedup against itself
+    verdict = out[-1]
+    assert verdict.startswith("  cpu  SHORT TRACKS (1 s): chain and meters at best") and "% of the node's codec rate" in verdict
