@@ -16,8 +16,8 @@
 #                                  5. only after failures: the failed tests with FARM_RAW_KERNELS=0
 #                                  6. bench/short.py --backend gpu        (fixed device cost per track,
 #                                                                          thread scaling: batching?)
-#                                  7. if time is left: bench/render.py of short tracks, then of 2-min
-#                                     tracks, each with a worker thread per core
+#                                  7. if time is left: bench/render.py of short tracks (4 worker processes
+#                                     on the GPU), then of 2-min tracks, each with a thread per core
 #                                logs under $OUT, a summary printed last (the device tool brings back
 #                                8 files at most: 7 logs and summary.txt, which opens with env.txt's
 #                                lines; the junit XML stays in $WORK)
@@ -227,8 +227,13 @@ step short 60 "$OUT/short.log" 40 "$PY" bench/short.py ${SHORT_ARGS:-$SHORT_DEFA
 NTHREADS=$(nproc 2>/dev/null || echo 4)
 [ $CPU_ONLY = 1 ] && NTHREADS=2
 # shellcheck disable=SC2086
+# short tracks with 4 worker processes sharing the GPU, a thread per core in all: short.py's thread
+# table shows what one process's threads reach; four interpreters dispatch to the device side by side
+SHORT_PROCS=4
+[ $CPU_ONLY = 1 ] && SHORT_PROCS=2
 step render-short 90 "$OUT/render-short.log" 0 "$PY" bench/render.py --workdir /tmp/farm-bench-render-s \
-    --threads-per-worker "$NTHREADS" ${RENDER_SHORT_ARGS:-$RENDER_SHORT_DEFAULT}
+    --workers "$SHORT_PROCS" --threads-per-worker $(( (NTHREADS + SHORT_PROCS - 1) / SHORT_PROCS )) \
+    ${RENDER_SHORT_ARGS:-$RENDER_SHORT_DEFAULT}
 # shellcheck disable=SC2086
 step render-all-cores 120 "$OUT/render-threads.log" 0 "$PY" bench/render.py --workdir /tmp/farm-bench-render-t \
     --threads-per-worker "$NTHREADS" ${RENDER_THREADS_ARGS:-$RENDER_THREADS_DEFAULT}

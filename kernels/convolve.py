@@ -302,8 +302,8 @@ def _single_fft(xp, a, b, combine):
 def fftconvolve_frames(in1, in2):
     """The full convolution of :func:`fftconvolve` as a (..., frames, hop) view
     whose flat sample ``k = frame * hop + i`` is output sample ``k`` (the
-    ``n + m - 1`` first are the convolution, the rest the frames' spare tail),
-    and the full length. The same values, bit for bit, without the copy that
+    ``n + m - 1`` first are the convolution, the rest the frames' spare tail).
+    The same values, bit for bit, without the copy that
     joins the frames into one time axis: for a reduction over the leading axes
     (a peak detector) that copy costs as much as the inverse FFTs."""
     xp = backend.array_module(in1)
@@ -311,8 +311,8 @@ def fftconvolve_frames(in1, in2):
     n, m = a.shape[-1], b.shape[-1]
     size = block_size(n, m) if n >= m else None
     if size is None:  # one FFT (or the inputs swapped): already one time axis
-        return fftconvolve(in1, in2)[..., None, :], n + m - 1
-    return _overlap_save_frames(xp, a, b, size, lambda s, h: _multiply(s, h[..., None, :])), n + m - 1
+        return fftconvolve(in1, in2)[..., None, :]
+    return _overlap_save_frames(xp, a, b, size, lambda s, h: _multiply(s, h[..., None, :]))
 
 
 def _overlap_save(xp, a, b, size: int, combine):

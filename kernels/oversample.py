@@ -102,7 +102,7 @@ def phase_peaks(xw, off: int, s: int, e: int, n: int, bank):
     # (C, 1, m) * (P, 2H+1) -> (C, P, m + 2H); signal sample i sits at column i - lo + H.
     # Left in its overlap-save frames: the peak over channels and phases is taken
     # there, and only that (frames, hop) result is joined into one time axis.
-    frames, _ = fftconvolve_frames(xw[:, None, lo - off:hi - off], bank)
+    frames = fftconvolve_frames(xw[:, None, lo - off:hi - off], bank)
     return backend.abs_max(frames, (0, 1)).reshape(-1)[s - lo + h:e - lo + h]
 
 
