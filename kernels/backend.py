@@ -309,3 +309,42 @@ def synchronize(xp: ModuleType) -> None:
     """Wait for queued device work (for timing); a no-op on the host."""
     if xp is not np:
         xp.cuda.get_current_stream().synchronize()
+
+
+class StageClock:
+    """Seconds per named step, summed, without synchronising the device.
+
+    On the host a mark is ``perf_counter``. On a GPU it is a CUDA event recorded
+    on the thread's current stream, and the spans are read once, in
+    :meth:`seconds`, after the last event has completed: a synchronisation
+    around every stage (~15 per mastered track) would make the host wait for
+    the device each time, so the device would then wait for the host's next
+    launches instead of working through a queue. A span is the stream's time
+    between its two marks, idle gaps included, as a host span is wall time.
+    """
+
+    def __init__(self, xp: ModuleType):
+        self._xp = xp
+        self._spans: list[tuple[str, object, object]] = []
+
+    def mark(self):
+        if self._xp is np:
+            import time
+
+            return time.perf_counter()
+        event = self._xp.cuda.Event()
+        event.record()
+        return event
+
+    def add(self, name: str, start) -> None:
+        """Count the time from ``start`` (a :meth:`mark`) to now under ``name``."""
+        self._spans.append((name, start, self.mark()))
+
+    def seconds(self) -> dict[str, float]:
+        if self._xp is not np and self._spans:
+            self._spans[-1][2].synchronize()  # every earlier event on the stream has completed too
+        out: dict[str, float] = {}
+        for name, a, b in self._spans:
+            dt = b - a if self._xp is np else self._xp.cuda.get_elapsed_time(a, b) / 1000.0
+            out[name] = out.get(name, 0.0) + dt
+        return out

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +61,12 @@ class Chain(Stage):
     def __init__(self, stages):
         self.stages = [s for s in stages if not s.bypass]
         self.latency_samples = sum(s.latency_samples for s in self.stages)
-        self.seconds: dict[str, float] = {}
+        self.clock: backend.StageClock | None = None  # set by the caller to share one, else made on first call
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds per stage over every call (on a GPU reading them waits for the device)."""
+        return self.clock.seconds() if self.clock is not None else {}
 
     def prepare(self, sample_rate: int) -> "Chain":
         super().prepare(sample_rate)
@@ -71,10 +75,12 @@ class Chain(Stage):
         return self
 
     def __call__(self, x):
+        if self.clock is None:
+            self.clock = backend.StageClock(backend.array_module(x))
         for s in self.stages:
-            t0 = _now(x)
+            t0 = self.clock.mark()
             x = s(x)
-            self.seconds[s.name] = self.seconds.get(s.name, 0.0) + _now(x) - t0
+            self.clock.add(s.name, t0)
         return x
 
 
@@ -206,11 +212,6 @@ class ReductionTrace:
             return np.maximum(0.0, -20.0 * np.log10(g)).astype(np.float32)
 
 
-def _now(x) -> float:
-    backend.synchronize(backend.array_module(x))
-    return time.perf_counter()
-
-
 def _db(v: float) -> float:
     return 20.0 * math.log10(v) if v > 0 else -math.inf
 
@@ -263,19 +264,23 @@ def master(x, sample_rate: int, params: ChainParams, ir=None, reference=None,
     """
     xp = backend.array_module(x)
     key = shared_key(sample_rate, params)
-    if shared is not None and key in shared:
-        y, seconds = shared[key][0], {"shared_stages_reused": 0.0}
+    clock = backend.StageClock(xp)  # stage times without a device synchronisation per stage
+    reused = shared is not None and key in shared
+    if reused:
+        y = shared[key][0]
     else:
-        t0 = time.perf_counter()
+        t0 = clock.mark()
         taps = match_fir(x, sample_rate, params, reference)
         pre = shared_stages(params, ir, taps).prepare(sample_rate)
-        y = pre(x)
-        seconds = dict(pre.seconds)
         if taps is not None:
-            seconds["match_analysis"] = time.perf_counter() - t0 - sum(pre.seconds.values())
+            clock.add("match_analysis", t0)  # the reference match's analysis and the stages' designs
+        pre.clock = clock
+        y = pre(x)
         if shared is not None:
             shared[key] = (y,)
-    result = _target_loop(xp, y, sample_rate, params, seconds)
+    result = _target_loop(xp, y, sample_rate, params, clock)
+    seconds = {"shared_stages_reused": 0.0} if reused else {}
+    seconds.update(clock.seconds())
     return dataclasses.replace(result, stage_seconds=seconds)
 
 
@@ -356,15 +361,15 @@ def needs_loop(params: ChainParams) -> bool:
     return not (target is None and params.limiter.bypass and not quantizing)
 
 
-def _target_loop(xp, y, rate: int, params: ChainParams, seconds: dict) -> MasterResult:
+def _target_loop(xp, y, rate: int, params: ChainParams, clock: backend.StageClock) -> MasterResult:
     lim, dp = params.limiter, params.dither
     if not needs_loop(params):
         return MasterResult(y, 0.0, 0.0, None, None, 0, True)
 
     def timed(name, fn, *a):
-        t0 = _now(y)
+        t0 = clock.mark()
         out = fn(*a)
-        seconds[name] = seconds.get(name, 0.0) + _now(y) - t0
+        clock.add(name, t0)
         return out
 
     measuring = not params.loudness.bypass and params.loudness.target_lufs is not None

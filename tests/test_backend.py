@@ -113,3 +113,65 @@ def test_gpu_chain_with_and_without_raw_kernels_agree(monkeypatch, launches):
     assert fused.passes == arrays.passes
     assert abs(fused.integrated_lufs - arrays.integrated_lufs) < 1e-6 and fused.true_peak_dbtp <= -1.0
     np.testing.assert_allclose(cupy.asnumpy(fused.audio), cupy.asnumpy(arrays.audio), atol=2e-7)
+
+
+def test_stage_clock_sums_spans_per_name_on_the_host():
+    import time
+
+    clock = backend.StageClock(np)
+    for name, pause in (("a", 0.02), ("b", 0.01), ("a", 0.02)):
+        t0 = clock.mark()
+        time.sleep(pause)
+        clock.add(name, t0)
+    s = clock.seconds()
+    assert set(s) == {"a", "b"} and s["a"] >= 0.04 and 0.01 <= s["b"] < s["a"]
+
+
+@pytest.mark.gpu
+def test_gpu_stage_seconds_are_the_streams_time_per_stage():
+    """master() on a GPU times its stages with CUDA events (no synchronisation per stage):
+    every stage is counted, each span is positive, and together they fit in the wall time."""
+    import time
+
+    import cupy
+
+    x = cupy.asarray(music(6.0, RATE, 2).astype(np.float32))
+    params = ChainParams(loudness=LoudnessParams(target_lufs=-14.0), limiter=LimiterParams(ceiling_dbtp=-1.0))
+    with backend.track_stream("gpu"):
+        master(x, RATE, params)  # plans, pools, compiled kernels
+        t0 = time.perf_counter()
+        res = master(x, RATE, params)
+        backend.to_host(res.audio)
+        wall = time.perf_counter() - t0
+    st = res.stage_seconds
+    assert {"loudness", "limiter", "dither", "true_peak"} <= set(st)
+    assert all(v > 0 for v in st.values()) and sum(st.values()) <= wall
+
+
+def test_stage_clock_reads_device_events_once_at_the_end():
+    """The device branch's bookkeeping, with a stand-in for CuPy's event API (``cuda.Event``:
+    ``record``/``synchronize``; ``cuda.get_elapsed_time(start, end)`` in ms) since no device
+    is here: spans are end minus start per name, and only the last event is waited for."""
+    import types
+
+    ticks, waited = iter(range(0, 1000, 10)), []
+
+    class Event:
+        def record(self):
+            self.t = next(ticks)  # ms on the "stream": 0, 10, 20, ...
+
+        def synchronize(self):
+            waited.append(self.t)
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        Event=Event, get_elapsed_time=lambda a, b: float(b.t - a.t)))
+    clock = backend.StageClock(fake)
+    a0 = clock.mark()            # 0
+    clock.add("eq", a0)          # 10
+    b0 = clock.mark()            # 20
+    clock.add("limiter", b0)     # 30
+    c0 = clock.mark()            # 40
+    clock.add("eq", c0)          # 50
+    assert waited == []          # nothing waited for while the stages were queued
+    assert clock.seconds() == {"eq": 0.02, "limiter": 0.01}
+    assert waited == [50]
