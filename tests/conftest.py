@@ -51,3 +51,34 @@ def launches(monkeypatch):
 
     monkeypatch.setattr(backend, "launch", spy)
     return names
+
+
+@pytest.fixture
+def cpu_device_dispatch(monkeypatch):
+    """NumPy arrays take the device's dispatch, with our RawKernels compiled for the CPU
+    (tests/cuda_host.py: g++, one thread walking each grid-stride loop, every argument
+    checked against the kernel's C signature). Returns the names launched, in order.
+
+    Besides the RawKernels (``backend.raw_kernels``), NumPy then takes the device's
+    parallel scans (``scan.HOST_SEQUENTIAL`` off) and the device's chunked K-weighting
+    (``loudness._k_chunk`` as for a device), the two dispatch choices that hide kernels
+    from NumPy. What stays NumPy's is only what CuPy itself does (its FFTs, reductions
+    and elementwise operations)."""
+    cuda_host = pytest.importorskip("cuda_host")
+    if cuda_host.compiler() is None:
+        pytest.skip("no g++ to compile the kernel sources for the host")
+    from kernels import loudness, scan
+
+    names: list[str] = []
+
+    def launch(source, name, work_items, args):
+        names.append(name)
+        cuda_host.run(source, name, args)
+
+    device_k_chunk = loudness._k_chunk
+    monkeypatch.setattr(backend, "raw_kernels", lambda xp: True)
+    monkeypatch.setattr(backend, "launch", launch)
+    monkeypatch.setattr(scan, "HOST_SEQUENTIAL", False)
+    # any module but NumPy gets the device's chunking
+    monkeypatch.setattr(loudness, "_k_chunk", lambda xp, n, rate, chunk_s: device_k_chunk(None, n, rate, chunk_s))
+    return names

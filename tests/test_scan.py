@@ -212,29 +212,19 @@ def test_blocked_scan_kernels_are_the_sequential_loop_given_each_blocks_state(op
 
 
 @pytest.mark.parametrize("b_kind", ["zero", "array"])
-def test_blocked_scan_joins_its_blocks_to_float64_rounding(b_kind, monkeypatch):
+def test_blocked_scan_joins_its_blocks_to_float64_rounding(b_kind, cpu_device_dispatch):
     """The public scan dispatched as on a device (kernels compiled for the CPU): the
     limiter's release (max, a close to 1, b = 0, t >= 0) and the compressor's (b an
     array) go through blocked_scan, the block summaries through the public scan
     again; against the sequential reference, over two levels of blocks."""
-    launch = _cpu_launch()
     rng = np.random.default_rng(3)
     n = scan.SEQ_BLOCK ** 2 + 999  # the summaries are long enough to be blocked again
     t = np.maximum(0.0, rng.standard_normal((1, n)) * 4.0) * (rng.random((1, n)) < 0.01)
     a = math.exp(-1.0 / 2400.0)
     b = 0.0 if b_kind == "zero" else t * (1.0 - a)
     want = scan.reference(t, a, b, 1.5, "max")
-    launched = []
-
-    def count(source, name, work, args):
-        launched.append(name)
-        return launch(source, name, work, args)
-
-    monkeypatch.setattr(scan, "HOST_SEQUENTIAL", False)  # NumPy takes the device's dispatch ...
-    monkeypatch.setattr(backend, "raw_kernels", lambda xp: True)  # ... to the RawKernels ...
-    monkeypatch.setattr(backend, "launch", count)  # ... run on the CPU
-    got = scan.affine_max_scan(t, a, b, 1.5)
-    assert launched.count("farm_scan_local") == 2  # the track's blocks, then the summaries' blocks
+    got = scan.affine_max_scan(t, a, b, 1.5)  # NumPy through the device's dispatch, kernels on the CPU
+    assert cpu_device_dispatch.count("farm_scan_local") == 2  # the track's blocks, then the summaries' blocks
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     assert np.all(got >= t)  # never under the target: the release only holds gain reduction longer
 
