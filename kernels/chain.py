@@ -117,9 +117,10 @@ class MultibandStage(Stage):
     def __init__(self, params: MultibandParams):
         self.params = params
         self.bypass = params.bypass
+        self.keep = None  # 1 on the tracks, 0 in the gaps, when several lie end to end (kernels.batch)
 
     def __call__(self, x):
-        return dynamics.compress_multiband(x, self.sample_rate, self.params).audio
+        return dynamics.compress_multiband(x, self.sample_rate, self.params, keep=self.keep).audio
 
 
 class CompressorStage(Stage):
@@ -151,9 +152,10 @@ class ReverbStage(Stage):
         self.params = params
         self.ir = ir  # user IR already at the track's rate, or None for the built-in space
         self.bypass = params.bypass
+        self.programmes = None  # (start, stop) of each track when several lie end to end (kernels.batch)
 
     def __call__(self, x):
-        return reverb.apply_reverb(x, self.sample_rate, self.params, ir=self.ir)
+        return reverb.apply_reverb(x, self.sample_rate, self.params, ir=self.ir, programmes=self.programmes)
 
 
 @dataclass(frozen=True)
@@ -320,12 +322,27 @@ def loudness_loop(start_lufs: float | None, params: ChainParams, trial) -> LoopO
     whole-signal chain on arrays, the streamed render over files). Secant
     steps on the gain until the level is within the tolerance, the limiter
     would need more than ``max_gain_reduction_db``, or the passes run out.
-    The last pass run is the one kept.
+    The last pass run is the one kept. (:func:`loudness_steps` is the loop
+    itself, for a caller that runs the passes of several tracks together.)
     """
+    steps = loudness_steps(start_lufs, params)
+    try:
+        gain_db = next(steps)
+        while True:
+            gain_db = steps.send(trial(gain_db))
+    except StopIteration as done:
+        return done.value
+
+
+def loudness_steps(start_lufs: float | None, params: ChainParams):
+    """:func:`loudness_loop` as a generator: it yields the gain (dB) of each pass,
+    is sent that pass's ``(level_lufs, max_gain_reduction_db)``, and returns the
+    :class:`LoopOutcome` (``StopIteration.value``). A batch of tracks
+    (:mod:`kernels.batch`) runs one per track, in lockstep."""
     lp = params.loudness
     target = None if lp.bypass else lp.target_lufs
     if target is None:
-        trial(0.0)
+        yield 0.0
         return LoopOutcome(0.0, None, 1, True)
     if start_lufs is None:
         raise UnmeasurableError(
@@ -334,7 +351,7 @@ def loudness_loop(start_lufs: float | None, params: ChainParams, trial) -> LoopO
     gain_db = target - start_lufs
     history: list[tuple[float, float]] = []
     for npass in range(1, lp.max_passes + 1):
-        level, gr_db = trial(gain_db)
+        level, gr_db = yield gain_db
         if level is None:  # cannot happen for a measurable input and finite gain; be explicit anyway
             raise UnmeasurableError("the limited output has no valid integrated loudness")
         miss = target - level
@@ -420,4 +437,4 @@ def _slope(history) -> float:
 
 __all__ = ["Chain", "Stage", "EQStage", "MatchStage", "MultibandStage", "CompressorStage", "SaturationStage",
            "ReverbStage", "match_fir", "MasterResult", "LoopOutcome", "UnmeasurableError",
-           "ReductionTrace", "TRACE_HOP_S", "apply_gain", "check_ceiling", "loudness_loop", "master", "needs_loop", "shared_key", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]
+           "ReductionTrace", "TRACE_HOP_S", "apply_gain", "check_ceiling", "loudness_loop", "loudness_steps", "master", "needs_loop", "shared_key", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]

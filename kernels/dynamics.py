@@ -260,11 +260,16 @@ def _apply_bands(gc: _GainComputer, bands):
     return out, gr.astype(xp.float32)
 
 
-def compress_multiband(x, sample_rate: float, params: MultibandParams) -> DynamicsResult:
+def compress_multiband(x, sample_rate: float, params: MultibandParams, keep=None) -> DynamicsResult:
     """Multiband compression of ``x`` (channels, samples) at ``sample_rate`` Hz.
 
     Crossover, then one gain computer per band (see the module docstring),
     channel-linked. Bypassed params return ``x`` itself and no reduction.
+    ``keep``: float32 (samples,), 1 where a programme is and 0 in the gaps
+    between the tracks of a batch (:mod:`kernels.batch`): the gain computers
+    hear silence there, not the linear-phase crossover's ringing from the
+    track edges, which a track alone never feeds them (it lies before its
+    start and after its end).
     """
     xp, x = backend.float_audio(x, "compress_multiband")
     nb, n = len(params.bands), x.shape[-1]
@@ -275,7 +280,7 @@ def compress_multiband(x, sample_rate: float, params: MultibandParams) -> Dynami
     # (channels, bands, samples) array of the whole track: 1.5 GB of transients for
     # 4 min of stereo in 4 bands), the gain computer on its chunk grid.
     grs: list = []
-    ms = MultibandStream(params, sample_rate, x.shape[0], n, gr_sink=grs.append)
+    ms = MultibandStream(params, sample_rate, x.shape[0], n, gr_sink=grs.append, keep=keep)
     out = run(ms, split(x, _gain_chunk(xp)))
     return DynamicsResult(out, grs[0] if len(grs) == 1 else xp.concatenate(grs, axis=-1))
 
@@ -435,13 +440,18 @@ def _empty(xp, shape, dtype):
     return xp.zeros(shape, dtype=dtype)
 
 
-def _bands_out(gc: "_GainComputer", chunks, xp, channels: int, dtype, gr_sink=None):
+def _bands_out(gc: "_GainComputer", chunks, xp, channels: int, dtype, gr_sink=None, keep=None, offset: int = 0):
     """The audio (channels, k) of consecutive band chunks (C, B, j) through ``gc``, in
-    order; each chunk's gain reduction (B, j), float32, goes to ``gr_sink`` if given."""
+    order; each chunk's gain reduction (B, j), float32, goes to ``gr_sink`` if given.
+    ``keep`` (see :func:`compress_multiband`) multiplies the bands first, the chunks
+    starting at sample ``offset`` of it."""
     if not chunks:
         return _empty(xp, (channels, 0), dtype)
     outs = []
     for bands in chunks:
+        if keep is not None:
+            bands = bands * keep[offset:offset + bands.shape[-1]]
+            offset += bands.shape[-1]
         audio, gr = _apply_bands(gc, bands)
         outs.append(audio)
         if gr_sink is not None:
@@ -512,9 +522,10 @@ class MultibandStream(Streamer):
     """
 
     def __init__(self, params: MultibandParams, sample_rate: float, channels: int, total: int | None = None,
-                 gr_sink=None):
+                 gr_sink=None, keep=None):
         self.channels = channels
         self.gr_sink = gr_sink  # called with each emitted stretch's gain reduction (bands, j), float32
+        self.keep, self._emitted = keep, 0  # compress_multiband's keep, and how far the output has come
         if params.bypass:
             self._inner = Identity(channels)
             return
@@ -552,7 +563,10 @@ class MultibandStream(Streamer):
 
     def _out(self, chunks):
         xp = self._xp or np
-        return _bands_out(self._gc, chunks, xp, self.channels, self._dtype or xp.float32, self.gr_sink)
+        out = _bands_out(self._gc, chunks, xp, self.channels, self._dtype or xp.float32, self.gr_sink, self.keep,
+                         self._emitted)
+        self._emitted += out.shape[-1]
+        return out
 
 
 class CompressorStream(Streamer):

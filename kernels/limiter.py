@@ -153,17 +153,35 @@ def limit(x, sample_rate: float, params: LimiterParams, check: bool = True, gain
         return LimiterResult(audio=gained, gain=xp.ones(n, dtype=x.dtype), max_gain_reduction_db=0.0,
                              true_peak_dbtp=None)
 
-    ceiling = 10.0 ** (params.ceiling_dbtp / 20.0) * (1.0 - MARGIN)
-    lookahead, release = _timing(sample_rate, params)
     detection = detection if detection is not None else Detection(x, params.oversample)
     if detection.x is not x or detection.factor != params.oversample:
         raise ValueError("limit: the detection given was made for another signal or oversampling factor")
-    env = gated_envelope(*detection.pair(), gain_scale(gain_db), ceiling)
-    gain = gain_curve(required_gain(env, ceiling), lookahead, release)
+    gain = unchecked_gain(detection, gain_scale(gain_db), sample_rate, params)
     if not check:
         gain_x = gain.astype(x.dtype)
         return LimiterResult(audio=gained * gain_x, gain=gain_x, max_gain_reduction_db=_reduction_db(gain_x))
     return _check(gained, gain, sample_rate, params)
+
+
+def unchecked_gain(detection: "Detection", scale, sample_rate: float, params: LimiterParams, keep=None,
+                   starts=()):
+    """The limiter's gain curve (float64, (samples,)) for ``scale`` times the signal of
+    ``detection``, before the final check: ``scale`` is a float32 factor
+    (:func:`gain_scale`), or one per sample (a batch of tracks, each at its own gain:
+    :mod:`kernels.batch`). ``keep``: float32 (samples,), 1 on the tracks and 0 in a
+    batch's gaps, where nothing asks for gain reduction: neither the interpolation's
+    ringing from the tracks' edges nor a track's last sample charged to the one
+    after it. A track limited alone has no samples there (ones past its ends).
+    ``starts``: where the batch's tracks begin (:func:`gain_curve`)."""
+    ceiling = 10.0 ** (params.ceiling_dbtp / 20.0) * (1.0 - MARGIN)
+    lookahead, release = _timing(sample_rate, params)
+    env = gated_envelope(*detection.pair(), scale, ceiling)
+    if keep is None:
+        return gain_curve(required_gain(env, ceiling), lookahead, release)
+    env *= keep
+    g_req = required_gain(env, ceiling)
+    g_req = backend.array_module(g_req).maximum(g_req, 1.0 - keep, out=g_req)
+    return gain_curve(g_req, lookahead, release, starts)
 
 
 def gain_scale(gain_db: float):
@@ -592,7 +610,7 @@ def _float64(*arrays) -> None:
             raise TypeError(f"GAIN_CUDA needs contiguous float64 arrays of one length, got {a.dtype} {a.shape}")
 
 
-def gain_curve(g_req, lookahead_samples: int, release_samples: float):
+def gain_curve(g_req, lookahead_samples: int, release_samples: float, starts=()):
     """Attack (hold + triangular ramp over the lookahead) and release (in dB).
 
     ``g_req`` (samples,) in (0, 1]; returns float64 gains ``g <= g_req``
@@ -604,6 +622,8 @@ def gain_curve(g_req, lookahead_samples: int, release_samples: float):
     ramp are local (each chunk reads ``lookahead`` samples of context on
     either side), and the release scan carries its state from one chunk to
     the next (``y0``), so the result equals one whole-track computation.
+    ``starts``: samples where a track begins after a gap of at least the lookahead
+    (a batch, :mod:`kernels.batch`): the attack ramp there starts as at sample 0.
     """
     xp = backend.array_module(g_req)
     g_req = xp.asarray(g_req, dtype=xp.float64)
@@ -613,7 +633,7 @@ def gain_curve(g_req, lookahead_samples: int, release_samples: float):
     state = xp.zeros((), dtype=xp.float64)  # gain reduction (dB) before the first sample
     for s in range(0, n, chunk):  # a loop over chunks, not samples
         e = min(n, s + chunk)
-        out[s:e], state = gain_chunk(xp, g_req, 0, s, e, n, w, r, state)
+        out[s:e], state = gain_chunk(xp, g_req, 0, s, e, n, w, r, state, starts)
     return out
 
 
@@ -624,7 +644,7 @@ def gain_grid(xp, lookahead_samples: int, release_samples: float) -> tuple[int, 
     return w, r, max(GAIN_CHUNK_CPU if xp is np else GAIN_CHUNK_GPU, w)
 
 
-def gain_chunk(xp, gw, off: int, s: int, e: int, n: int, w: int, r: float, state):
+def gain_chunk(xp, gw, off: int, s: int, e: int, n: int, w: int, r: float, state, starts=()):
     """Gains ``[s, e)`` of :func:`gain_curve` and the release state after them.
 
     ``gw`` holds ``g_req`` (float64) samples ``[off, off + len)``, at least
@@ -639,6 +659,9 @@ def gain_chunk(xp, gw, off: int, s: int, e: int, n: int, w: int, r: float, state
     if xp is np and state == 0.0 and window.min() == 1.0:  # host only: a device check would sync
         return xp.ones(e - s, dtype=xp.float64), state
     g1 = _forward_min(xp, window, w)  # exact on [lo, e): windows end before hi
+    for t in starts:  # a track's start in a batch: its ramp's history is its first hold, as at sample 0
+        if lo < t < hi:
+            g1[max(0, t - (w - 1) - lo):t - lo] = g1[t - lo]
     g2 = _ramp(xp, g1, w)[s - lo:e - lo]  # exact on [s, e): w - 1 samples of history
     device = backend.raw_kernels(xp)
     # g2 = min(g2, g_req): proven <= g_req; this removes the running sums' rounding. Then

@@ -429,15 +429,17 @@ def _lufs_threshold(lufs: float) -> float:
 
 
 def _gated_sums(z, absolute_gate_lufs: float, relative_gate_lu: float):
-    """Device scalars (sum of z over the gated blocks, their count): BS.1770-4 eqs. 5-7."""
+    """Device arrays (sum of z over the gated blocks, their count): BS.1770-4 eqs. 5-7,
+    over the last axis (scalars for one programme's blocks; one per row for a batch's,
+    where a row's zeros are blocks it does not have: zero never passes the absolute gate)."""
     xp = backend.array_module(z)
     above_abs = z > _lufs_threshold(absolute_gate_lufs)  # J_g = {j : l_j > Gamma_a}
-    n_abs = above_abs.sum()
-    mean_abs = xp.where(above_abs, z, 0.0).sum() / xp.maximum(n_abs, 1)
+    n_abs = above_abs.sum(axis=-1)
+    mean_abs = xp.where(above_abs, z, 0.0).sum(axis=-1) / xp.maximum(n_abs, 1)
     relative = mean_abs * 10.0 ** (relative_gate_lu / 10.0)  # Gamma_r = l(mean) - 10 LU, as energy
-    gated = above_abs & (z > relative)
+    gated = above_abs & (z > relative[..., None])
     # + 0 * sum(z): a NaN/inf sample poisons the sum (and raises later) instead of being gated out
-    return xp.where(gated, z, 0.0).sum() + 0.0 * z.sum(), gated.sum()
+    return xp.where(gated, z, 0.0).sum(axis=-1) + 0.0 * z.sum(axis=-1), gated.sum(axis=-1)
 
 
 def _to_host_floats(values) -> list[float]:

@@ -206,7 +206,7 @@ def _fade_ramp(xp, fade: int, dtype):
     return xp.cos(xp.linspace(0.0, 0.5 * math.pi, fade + 1, dtype=dtype)[1:]) ** 2
 
 
-def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None):
+def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None, programmes=None):
     """Convolution reverb on ``x`` (channels, samples) at ``sample_rate`` Hz.
 
     ``ir`` (already at ``sample_rate``; see :func:`resample_ir`) overrides the
@@ -217,6 +217,9 @@ def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None):
     ``tail="keep"``: longer by the pre-delay plus the IR length minus one, so
     the reverb rings out. A 6-channel (5.1) programme's LFE gets no reverb
     (mastering never sends the sub channel to a room). Bypass returns ``x`` itself.
+    ``programmes``: ``(start, stop)`` sample ranges of ``x`` that are programmes of
+    their own (:mod:`kernels.batch` lays several tracks end to end), each with its
+    wet path faded before its own stop (tail="trim" only); default ``[(0, samples)]``.
     """
     if params.bypass:
         return x
@@ -237,11 +240,13 @@ def apply_reverb(x, sample_rate: int, params: ReverbParams, ir=None):
         out[:, :n] += x * dry_gain if dry_gain != 1.0 else x
         return out
     out = wet[:, :n]
-    fade = min(n, int(round(params.fade_ms * 1e-3 * sample_rate)))
-    if fade:
-        # raised-cosine fade of the wet path only: the reverb dies at the end of
-        # the file instead of being cut off mid-tail
-        out[:, n - fade:] *= _fade_ramp(xp, fade, dtype)
+    fade_len = int(round(params.fade_ms * 1e-3 * sample_rate))
+    for start, stop in programmes if programmes is not None else [(0, n)]:
+        fade = min(stop - start, fade_len)
+        if fade:
+            # raised-cosine fade of the wet path only: the reverb dies at the end of
+            # the file instead of being cut off mid-tail
+            out[:, stop - fade:stop] *= _fade_ramp(xp, fade, dtype)
     out += x * dry_gain if dry_gain != 1.0 else x
     return out
 
