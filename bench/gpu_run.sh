@@ -101,7 +101,7 @@ if [ $CPU_ONLY = 1 ]; then
     BACKENDS=cpu
     KERNELS_DEFAULT="--seconds 20 --repeat 1"
     RENDER_DEFAULT="--backend cpu --tracks 2 --seconds 20"
-    SHORT_DEFAULT="--backend cpu --lengths 1,5 --repeat 1 --thread-seconds 2 --tracks 4 --threads 1,2"
+    SHORT_DEFAULT="--backend cpu --lengths 1,5 --repeat 1 --thread-seconds 2 --tracks 4 --threads 1,2 --batch 3"
     RENDER_SHORT_DEFAULT="--backend cpu --tracks 4 --seconds 3"
     RENDER_THREADS_DEFAULT="--backend cpu --tracks 2 --seconds 10"
 else
@@ -252,7 +252,7 @@ step render-all-cores 120 "$OUT/render-threads.log" 0 "$PY" bench/render.py --wo
     grep -q "^  gpu  bandwidth " "$OUT/kernels.log" 2>/dev/null || tbl=cpu
     awk -v p="  $tbl  " 'index($0, p "bandwidth ") == 1 {on = 1} on && index($0, p) != 1 {on = 0} on' \
         "$OUT/kernels.log" 2>/dev/null
-    grep -h -E "^  (cpu|gpu)  (FIXED COST|SHORT TRACKS)" "$OUT/short.log" 2>/dev/null
+    grep -h -E "^  (cpu|gpu)  (FIXED COST|BATCHED CHAIN|SHORT TRACKS)" "$OUT/short.log" 2>/dev/null
     for f in render.log render-short.log render-threads.log; do
         [ -s "$OUT/$f" ] || continue
         echo "  ($f)"

@@ -20,12 +20,16 @@ it; batching (or more worker processes per GPU) could. This measures:
    wall time (the device synchronised by the final copy home) and the thread's
    CPU time. A least-squares line through the lengths gives the fixed cost per
    track and the cost per audio second.
-2. **Threads**: ``--tracks`` tracks of ``--thread-seconds`` shared by T threads
+2. **Batched**: ``--batch`` tracks of ``--thread-seconds`` through
+   ``kernels.chain.master`` one by one and through ``kernels.batch.master_batch``
+   together (one thread, best of ``--repeat``): the chain's time per track both
+   ways, on the backend's memory (no copies).
+3. **Threads**: ``--tracks`` tracks of ``--thread-seconds`` shared by T threads
    (each on its own CUDA stream, ``kernels.backend.track_stream``, as a GPU
    worker runs them) for each T of ``--threads``: tracks per second, realtime
    factor, speedup over one thread, and the process's CPU seconds per wall
    second (near 1 with many threads: the lock sets the pace).
-3. **The codec floor at the same length**: decode + encode of a 24-bit FLAC of
+4. **The codec floor at the same length**: decode + encode of a 24-bit FLAC of
    ``--thread-seconds`` on one thread (``farm.audio``), so a node of C cores
    decodes and encodes at most C / that many tracks a second; printed beside
    the device work's best rate. If the device work's rate is under the codec
@@ -56,6 +60,7 @@ from farm.demo import arrange  # noqa: E402
 from farm.presets import load_preset  # noqa: E402
 from farm.synth import music  # noqa: E402
 from kernels import backend  # noqa: E402
+from kernels.batch import master_batch  # noqa: E402
 from kernels.chain import master  # noqa: E402
 
 RATE = 48000
@@ -152,6 +157,33 @@ def threaded(frames: np.ndarray, chain, name: str, threads: int, tracks: int) ->
     return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
+def batched(seconds: float, count: int, chain, name: str, repeat: int) -> tuple[float, float]:
+    """Best seconds per track of the chain over ``count`` tracks: one by one, and batched."""
+    with backend.track_stream(name):
+        xs = [backend.to_device(np.ascontiguousarray(material(seconds, seed=10 + i).T), name) for i in range(count)]
+        xp = backend.array_module(xs[0])
+
+        def alone():
+            for x in xs:
+                backend.to_host(master(x, RATE, chain).audio[:, :1])
+
+        def together():
+            for r in master_batch(xs, RATE, chain):
+                backend.to_host(r.audio[:, :1])
+
+        best = []
+        for fn in (alone, together):
+            fn()  # warm-up: this shape's plans and pools
+            times = []
+            for _ in range(repeat):
+                backend.synchronize(xp)
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            best.append(min(times) / count)
+    return best[0], best[1]
+
+
 def codec_floor(frames: np.ndarray, repeat: int) -> float:
     """Best seconds to decode and encode a 24-bit FLAC of ``frames`` on one thread."""
     with tempfile.TemporaryDirectory() as d:
@@ -185,6 +217,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=_ints, default=None,
                     help="thread counts (default 1,2,4,... up to this machine's cores)")
     ap.add_argument("--tracks", type=int, default=32, help="tracks per thread run (default 32)")
+    ap.add_argument("--batch", type=int, default=8,
+                    help="tracks per batch for the batched-chain comparison (default 8; 0 skips it)")
     a = ap.parse_args(argv)
     if a.repeat < 1 or a.tracks < 1 or not a.lengths or min(a.lengths) < 0.5:
         ap.error("--repeat and --tracks must be at least 1, and every length at least 0.5 s")
@@ -215,6 +249,10 @@ def main(argv=None) -> int:
     print(f"  {name}  FIXED COST per track {fixed * 1000:.1f} ms + {per_second * 1000:.2f} ms per audio second "
           f"(least squares on relative error, {len(rows)} lengths)")
 
+    if a.batch > 0:
+        one, many = batched(a.thread_seconds, a.batch, chain, name, a.repeat)
+        print(f"\n  {name}  BATCHED CHAIN ({a.batch} x {a.thread_seconds:g} s, one thread): {one * 1000:.1f} ms per track "
+              f"alone, {many * 1000:.1f} ms per track batched ({one / many:.2f}x)", flush=True)
     frames = material(a.thread_seconds, seed=2)
     print(f"\n  {a.tracks} tracks of {a.thread_seconds:g} s shared by T threads (each its own stream):")
     print(f"  {'threads':>7s} {'wall s':>8s} {'tracks/s':>9s} {'x realtime':>11s} {'speedup':>8s} {'CPU s / wall s':>15s}")

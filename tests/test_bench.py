@@ -105,7 +105,7 @@ def test_short_fit_recovers_a_line(short_bench):
 
 def test_short_bench_prints_the_fixed_cost_and_the_thread_table(short_bench, capsys):
     assert short_bench.main(["--backend", "cpu", "--lengths", "1,3", "--repeat", "1", "--thread-seconds", "1",
-                             "--tracks", "3", "--threads", "1,2"]) == 0
+                             "--tracks", "3", "--threads", "1,2", "--batch", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     per_track = [line.split() for line in out if line.startswith("  ") and len(line.split()) == 4
                  and line.split()[0] in ("1.0", "3.0")]
@@ -115,5 +115,7 @@ def test_short_bench_prints_the_fixed_cost_and_the_thread_table(short_bench, cap
     assert fixed.startswith("  cpu  ") and "ms per audio second" in fixed
     threads = [line.split() for line in out if len(line.split()) == 6 and line.split()[0] in ("1", "2")]
     assert [t[0] for t in threads] == ["1", "2"] and float(threads[0][4]) == 1.0  # speedup against itself
+    batched = next(line for line in out if "BATCHED CHAIN" in line)
+    assert batched.startswith("  cpu  BATCHED CHAIN (2 x 1 s, one thread):") and "per track batched" in batched
     verdict = out[-1]
     assert verdict.startswith("  cpu  SHORT TRACKS (1 s): chain and meters at best") and "% of the node's codec rate" in verdict
