@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, TextIO
 
-from . import album, report
+from . import album, audio, report
 from .catalog import RejectedRow
 from .delivery import copy_path
 from .job import Job
 from .journal import Journal, task_key
-from .records import STATUS_FAILED, RenderGroup, TrackResult
+from .records import STATUS_FAILED, RenderBatch, RenderGroup, RenderTask, TrackResult
 from .runner import plan, run_tasks
 
 
@@ -115,17 +115,52 @@ def _units(tasks: list) -> list:
     return [g[0] if len(g) == 1 else RenderGroup(tuple(g)) for g in by_input.values()]
 
 
+BATCH_MAX_SECONDS = 60.0  # tracks up to this long are mastered in batches on GPU workers
+BATCH_TRACKS = 8  # tracks per batch at most
+
+
+def batches(units: list, max_seconds: float = BATCH_MAX_SECONDS, size: int = BATCH_TRACKS) -> list:
+    """``units`` with the short lone tracks that share a chain, an output, a backend and
+    a loudness target put together as :class:`~farm.records.RenderBatch` es of up to
+    ``size``, tracks of like length together (a batch pads each track to its longest);
+    everything else as it was. A track's length is read from its header; one that cannot
+    be read is left alone (its render says why)."""
+    from kernels.batch import batchable
+
+    out, pools = [], {}
+    for u in units:
+        if isinstance(u, RenderTask) and not batchable(u.chain) and not getattr(u.track, "reference", None):
+            try:
+                seconds = audio.BlockReader(u.track.source, 1 << 16).duration_s
+            except (audio.AudioError, OSError, ValueError):
+                seconds = None
+            if seconds is not None and seconds <= max_seconds:
+                key = (repr(u.chain), repr(u.output), u.backend, u.track.target_lufs)
+                pools.setdefault(key, []).append((seconds, u))
+                continue
+        out.append(u)
+    for pool in pools.values():
+        pool.sort(key=lambda p: p[0])
+        for k in range(0, len(pool), size):
+            chunk = tuple(u for _, u in pool[k:k + size])
+            out.append(chunk[0] if len(chunk) == 1 else RenderBatch(chunk))
+    return out
+
+
 def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, backend: str | None = None,
                n_workers: int | None = None, threads_per_worker: int | None = None, dashboard: bool | str = True,
                progress: bool | TextIO = True, log: Callable[[str], None] | None = None,
-               task_fn: Callable | None = None, security: Any = None) -> RunOutcome:
+               task_fn: Callable | None = None, security: Any = None, batch_short: bool | None = None) -> RunOutcome:
     """Render ``job`` (see the module docstring); never raises for a bad track.
 
     ``scheduler``/``backend`` override the job's; ``log`` receives one line
     per step (cluster, plan); ``task_fn`` replaces :func:`farm.render.render_track`
     (for benchmarks that time the codec floor through the same cluster path);
     ``security`` (a :class:`distributed.security.Security`) is for a ``tls://``
-    scheduler (default: Dask's TLS configuration).
+    scheduler (default: Dask's TLS configuration). ``batch_short``: master
+    short tracks in batches (:func:`batches`); ``None`` does so when the
+    cluster has GPU workers and the render is :func:`farm.render.render_track`
+    (on CPU workers a batch only costs: its gaps are computed too).
     Raises :class:`farm.cluster.ClusterError` when the cluster cannot be
     reached, :class:`farm.journal.JournalError` for an unusable journal.
     """
@@ -172,6 +207,13 @@ def render_job(job: Job, *, force: bool = False, scheduler: str | None = None, b
         fresh: list[TrackResult] = []
         if work.todo:
             units = _units(work.todo)
+            connect()
+            if batch_short or (batch_short is None and task_fn is None and info.gpu and backend != "cpu"):
+                units = batches(units)
+                n = sum(isinstance(u, RenderBatch) for u in units)
+                if n:
+                    say(f"{sum(len(u.tasks) for u in units if isinstance(u, RenderBatch))} short tracks "
+                        f"in {n} batch(es) of up to {BATCH_TRACKS}")
             landed = run_tasks(connect(), units, task_fn=task_fn, journal=journal, progress=progress)
             fresh = [r for x in landed for r in (x if isinstance(x, list) else [x])]
         # Every task of this run has landed (run_tasks returned), so no attempt of ours

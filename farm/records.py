@@ -121,6 +121,30 @@ class RenderGroup:
         return ",".join(t.preset for t in self.tasks)
 
 
+@dataclass(frozen=True)
+class RenderBatch:
+    """Several short tracks with one chain in one Dask task on a GPU worker
+    (:func:`farm.pipeline.batches`): each is decoded, measured, encoded,
+    tagged and validated on its own and fails or passes alone, and those that
+    fit together (rate, channels, chain) are mastered in one pass over the
+    device (:func:`kernels.batch.master_batch`), so the device's fixed cost per
+    track is paid once per batch."""
+
+    tasks: tuple[RenderTask, ...]
+
+    @property
+    def track(self) -> TrackSpec:
+        return self.tasks[0].track
+
+    @property
+    def backend(self) -> str:
+        return self.tasks[0].backend
+
+    @property
+    def preset(self) -> str:
+        return self.tasks[0].preset
+
+
 @dataclass
 class TrackResult:
     """What comes back for one track: never an exception, always a record."""

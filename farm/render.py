@@ -15,6 +15,7 @@ import ctypes
 import dataclasses
 import functools
 import gc
+import logging
 import math
 import os
 import socket
@@ -30,7 +31,7 @@ from kernels.params import REVERB_TYPES
 from . import audio, budget, delivery, plots, tags
 from .journal import file_hash
 from .progress import track_progress
-from .records import STATUS_FAILED, STATUS_OK, RenderGroup, RenderTask, TrackResult
+from .records import STATUS_FAILED, STATUS_OK, RenderBatch, RenderGroup, RenderTask, TrackResult
 
 # Validation tolerances on the re-decoded output.
 TRUE_PEAK_SLACK_DB = 0.0  # the ceiling is a hard limit
@@ -150,12 +151,15 @@ def _matched(task: RenderTask, chain, reference):
     return task, chain
 
 
-def render_track(task: RenderTask | RenderGroup) -> TrackResult | list[TrackResult]:
+def render_track(task: RenderTask | RenderGroup | RenderBatch) -> TrackResult | list[TrackResult]:
     """Master one track as ``task`` says; always returns a record (a list of
-    records, one per member, for a :class:`~farm.records.RenderGroup`)."""
+    records, one per member, for a :class:`~farm.records.RenderGroup` or
+    :class:`~farm.records.RenderBatch`)."""
     try:
         if isinstance(task, RenderGroup):
             return render_group(task)
+        if isinstance(task, RenderBatch):
+            return render_batch(task)
         return _render_guarded(task)
     finally:
         release_heap()
@@ -193,9 +197,14 @@ def render_group(group: RenderGroup) -> list[TrackResult]:
 def _render_guarded(task: RenderTask, source: dict | None = None, shared: dict | None = None) -> TrackResult:
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
+    return _guard(task, timings, lambda: _render(task, timings, t_start, source, shared))
+
+
+def _guard(task: RenderTask, timings: dict, step):
+    """``step()``, or the failure record of ``task`` its exception stands for."""
     src = task.track.source
     try:
-        return _render(task, timings, t_start, source, shared)
+        return step()
     except audio.AudioError as e:
         # Errors from the encode and tag steps name the temporary file, not the
         # track: the reason must always name the track's input file.
@@ -216,26 +225,110 @@ def _render(task: RenderTask, timings: dict, t_start: float, source: dict | None
     """One master. ``source``/``shared``: dicts a RenderGroup keeps across its
     members (the decoded input and its measurements, resampled copies, the
     shared stages' outputs); None for a lone track."""
+    head, budget_mb, name, streamed = _plan(task)
+    if streamed:
+        with backend.track_stream(name):  # this worker thread's own CUDA stream (nothing on the CPU)
+            return _render_streamed(task, head, budget_mb, name, timings, t_start)
+    with backend.track_stream(name):  # every device step of the track on this thread's own stream
+        return _render_whole(task, name, timings, t_start, source, shared)
+
+
+def _plan(task: RenderTask):
+    """``(header reader, memory budget MB, backend, streamed?)`` of a task: a programme
+    too long to hold whole (for the memory budget) is rendered in passes over blocks;
+    the header says how long it is before anything is decoded."""
     src, final = task.track.source, task.out_path
     # A task built by hand (not through farm.job, which checks this) may name the
     # input itself as its output; the rename would then replace the input.
     if os.path.exists(final) and os.path.exists(src) and os.path.samefile(final, src):
         raise audio.AudioError(f"{src}: the output path {final} is the input file itself; a master never "
                                "overwrites its input, write to another folder")
-    # A programme too long to hold whole (for the memory budget) is rendered in passes
-    # over blocks instead; the header says how long it is before anything is decoded.
     head = audio.BlockReader(src, stream.BLOCK_QUANTUM)
     budget_mb = budget.resolve_budget_mb(task.memory_budget_mb)
     rate = task.output.sample_rate or head.sample_rate
     frames = max(head.frames, -(-head.frames * rate // head.sample_rate))
     name = backend.resolve(task.backend)
     gpu_mb = budget.gpu_budget_mb(task.gpu_memory_budget_mb) if name != "cpu" else None
-    if budget.should_stream(frames, head.channels, budget_mb) or budget.device_should_stream(
-            frames, head.channels, gpu_mb):
-        with backend.track_stream(name):  # this worker thread's own CUDA stream (nothing on the CPU)
-            return _render_streamed(task, head, budget_mb, name, timings, t_start)
-    with backend.track_stream(name):  # every device step of the track on this thread's own stream
-        return _render_whole(task, name, timings, t_start, source, shared)
+    streamed = budget.should_stream(frames, head.channels, budget_mb) or budget.device_should_stream(
+        frames, head.channels, gpu_mb)
+    return head, budget_mb, name, streamed
+
+
+def render_batch(batch: RenderBatch) -> list[TrackResult]:
+    """Every member of a :class:`~farm.records.RenderBatch`, one record each.
+
+    Each member is decoded and measured alone (a bad input fails alone, as in
+    :func:`render_track`); those that then share a backend, a master rate, a
+    channel count and a chain are mastered together by
+    :func:`kernels.batch.master_batch`, the rest one by one; each master is then
+    encoded, tagged, validated and published alone. A batch the device cannot
+    hold (or any failure of the batched pass) masters its members one by one
+    instead. The record's backend reads e.g. ``gpu (batch of 8)``."""
+    results: list = [None] * len(batch.tasks)
+    ready: dict[tuple, list] = {}
+    for i, task in enumerate(batch.tasks):
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+
+        def prepare(task=task, timings=timings):
+            head, _, name, streamed = _plan(task)
+            if streamed:
+                return None
+            with backend.track_stream(name):
+                return name, _prepare(task, name, timings)
+
+        got = _guard(task, timings, prepare)
+        if got is None:  # long after all: the streamed render, alone
+            results[i] = _render_guarded(task)
+        elif isinstance(got, TrackResult):
+            results[i] = got
+        else:
+            name, p = got
+            key = (name, p.rate, p.dec.channels, p.chain, p.task.chain.reverb.ir)
+            ready.setdefault(key, []).append((i, p, timings, t_start))
+    for (name, rate, _, chain, _), members in ready.items():
+        together = _master_together(name, rate, chain, members) if len(members) > 1 else None
+        for k, (i, p, timings, t_start) in enumerate(members):
+            def finish(p=p, timings=timings, t_start=t_start, done=together and together[k]):
+                with backend.track_stream(name):
+                    res, mastered, label = done or master_with_fallback(p.x, p.rate, p.chain, p.ir, name,
+                                                                        timings=timings)
+                    return _finish(p, name, res, mastered, label, timings, t_start)
+
+            results[i] = _guard(p.task, timings, finish)
+    return results
+
+
+def _master_together(name: str, rate: int, chain, members) -> list | None:
+    """``[(MasterResult, host samples, label)]`` of the members mastered in one batch, or
+    None to master them one by one (the device short of memory, or the batch failed:
+    logged, since that is a bug to look into). Each member's timings get its share."""
+    from kernels.batch import batchable, master_batch
+
+    if batchable(chain):
+        return None
+    t0 = time.perf_counter()
+    failed = None
+    with backend.track_stream(name):
+        try:
+            xs = [backend.to_device(p.x, name) for _, p, _, _ in members]
+            t1 = time.perf_counter()
+            out = master_batch(xs, rate, chain, members[0][1].ir)
+            host = [backend.to_host(r.audio) for r in out]
+        except Exception as e:  # MemoryError is an Exception; the traceback is not kept (it holds device arrays)
+            failed = (name != "cpu" and _is_gpu_oom(e), f"{type(e).__name__}: {e}")
+    if failed is not None:
+        if failed[0]:
+            _free_gpu_memory()  # outside the except block, as in master_with_fallback
+        else:
+            logging.getLogger(__name__).warning("batch of %d tracks (%s, ...) failed, mastering them one by one: %s",
+                                                len(members), members[0][1].task.track.source, failed[1])
+        return None
+    t2 = time.perf_counter()
+    label = f"{name} (batch of {len(members)})"
+    for _, _, timings, _ in members:
+        timings.update(upload=round((t1 - t0) / len(members), 4), chain=round((t2 - t1) / len(members), 4))
+    return [(r, h, label) for r, h in zip(out, host)]
 
 
 def _measured(dec: audio.Decoded, name: str):
@@ -269,7 +362,37 @@ def _on_backend(dec: audio.Decoded, name: str):
 def _render_whole(task: RenderTask, name: str, timings: dict, t_start: float, source: dict | None,
                   shared: dict | None) -> TrackResult:
     """:func:`_render` for a programme held whole, on backend ``name``."""
-    src, out_spec, final = task.track.source, task.output, task.out_path
+    p = _prepare(task, name, timings, source)
+    run_chain = None if p.reference is None and shared is None else (
+        lambda *a, **k: _run_chain(*a, **k, reference=p.reference, shared=shared))
+    # One long track can need more device memory than the GPU has: it is mastered on
+    # the CPU instead of failing (see master_with_fallback).
+    res, mastered, label = master_with_fallback(p.x, p.rate, p.chain, p.ir, name, run_chain=run_chain,
+                                                timings=timings)
+    return _finish(p, name, res, mastered, label, timings, t_start)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A track decoded and measured, with the settings its chain runs with (:func:`_prepare`)."""
+
+    task: RenderTask  # with the reference match's loudness rule applied
+    dec: audio.Decoded
+    held: object  # the decoded samples where they were measured (a device copy on a GPU worker)
+    before: dict
+    before_st: object
+    rate: int  # of the master
+    bit_depth: int
+    x: object  # the chain's input at ``rate``
+    chain: object
+    ir: object
+    reference: object
+
+
+def _prepare(task: RenderTask, name: str, timings: dict, source: dict | None = None) -> _Prepared:
+    """Decode and measure the input (once for a group: ``source``), bring it to the
+    master's rate and settle the chain's settings."""
+    src, out_spec = task.track.source, task.output
 
     def lap(key, t0):
         timings[key] = round(time.perf_counter() - t0, 4)
@@ -293,18 +416,24 @@ def _render_whole(task: RenderTask, name: str, timings: dict, t_start: float, so
     if ("x", rate) not in source:  # at the input's rate the chain takes the measured (device) copy
         source[("x", rate)] = held if rate == dec.sample_rate else audio.resample(dec.audio, dec.sample_rate, rate)
         t = lap("resample", t)
-    x = source[("x", rate)]
-
     task, chain, ir, reference = _settings(task, rate, bit_depth, dec.channels)
-    run_chain = None if reference is None and shared is None else (
-        lambda *a, **k: _run_chain(*a, **k, reference=reference, shared=shared))
-    # One long track can need more device memory than the GPU has: it is mastered on
-    # the CPU instead of failing (see master_with_fallback).
-    res, mastered, label = master_with_fallback(x, rate, chain, ir, name, run_chain=run_chain, timings=timings)
+    return _Prepared(task, dec, held, before, before_st, rate, bit_depth, source[("x", rate)], chain, ir, reference)
+
+
+def _finish(p: _Prepared, name: str, res, mastered, label: str, timings: dict, t_start: float) -> TrackResult:
+    """Encode, tag, re-decode and validate the master ``mastered`` (host samples) of
+    :func:`_prepare`'s track, then publish it (or fail it) under its final name."""
+    task, dec, held, before, before_st = p.task, p.dec, p.held, p.before, p.before_st
+    src, out_spec, final = task.track.source, task.output, task.out_path
+    rate, bit_depth = p.rate, p.bit_depth
     if label == GPU_OOM_BACKEND:  # the device is short of memory: the rest of the track runs on the host
         name, held = "cpu", backend.to_host(held)
     t = time.perf_counter()
     timings.update({f"chain_{k}": round(v, 4) for k, v in res.stage_seconds.items()})
+
+    def lap(key, t0):
+        timings[key] = round(time.perf_counter() - t0, 4)
+        return time.perf_counter()
 
     with audio.atomic_output(final) as tmp:
         try:

@@ -107,18 +107,23 @@ def _exception_failure(task, exc: BaseException, retries: int) -> TrackResult:
 
 def members(task) -> list:
     """The render tasks a unit of work stands for: a group's (:class:`~farm.records.RenderGroup`,
-    one input mastered for several deliverables in one Dask task), else the task itself."""
+    one input mastered for several deliverables in one Dask task) or a batch's
+    (:class:`~farm.records.RenderBatch`, short tracks mastered together), else the task itself."""
     return list(getattr(task, "tasks", None) or [task])
 
 
 def _per_member(task, value: Any) -> list[TrackResult]:
-    """One result per member of ``task``: a group's list of results, or one result
-    (a failure that hit the whole group) given to every member under its own preset."""
+    """One result per member of ``task``: a unit's list of results, or one result (a
+    failure that hit the whole unit) given to every member: under its own preset in a
+    group (one input), as its own failure naming its own file in a batch."""
     group = members(task)
     if isinstance(value, (list, tuple)) and len(value) == len(group):
         return [_as_result(m, v) for m, v in zip(group, value)]
     one = _as_result(group[0], value)
+    prefix = f"{group[0].track.source}: "
+    why = one.reason[len(prefix):] if one.reason.startswith(prefix) else one.reason
     return [one] + [TrackResult(**{**one.to_dict(), "preset": str(getattr(m, "preset", "") or "")})
+                    if m.track.source == group[0].track.source else failure(m, why, worker=one.worker)
                     for m in group[1:]]
 
 
@@ -269,27 +274,28 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
     if link:
         stream.write(f"dashboard: {link}\n")
 
-    hashes: list[str | None] = [None] * len(tasks)
-    if journal is not None:
-        for i, t in enumerate(tasks):
-            try:  # hashed before submission, so a change during the render is seen next run
-                hashes[i] = journal.input_hash(t.track.source)
-            except OSError:
-                hashes[i] = None  # unreadable input: the render reports it, nothing to journal
+    def hashed(source: str) -> str | None:
+        try:  # hashed before submission, so a change during the render is seen next run
+            return journal.input_hash(source)
+        except OSError:
+            return None  # unreadable input: the render reports it, nothing to journal
+
+    # per member of each unit (a batch's members are different inputs)
+    hashes = [[hashed(m.track.source) if journal is not None else None for m in members(t)] for t in tasks]
 
     results: list[TrackResult | None] = [None] * len(tasks)
-    bar = Progress(len(tasks), stream)
+    bar = Progress(sum(len(members(t)) for t in tasks), stream)
     pending: dict[str, tuple[int, Any]] = {}
 
     def land(i: int, value) -> None:
         landed = []
-        for m, result in zip(members(tasks[i]), _per_member(tasks[i], value)):
-            if journal is not None and hashes[i] is not None:
-                result = _record(journal, m, hashes[i], result)
+        for m, result, h in zip(members(tasks[i]), _per_member(tasks[i], value), hashes[i]):
+            if journal is not None and h is not None:
+                result = _record(journal, m, h, result)
             landed.append(result)
         results[i] = landed if hasattr(tasks[i], "tasks") else landed[0]
-        worst = next((r for r in landed if not r.ok), landed[0])
-        bar.update(worst, key=submitter.keys[i])
+        for r in landed:
+            bar.update(r, key=submitter.keys[i])
         if on_result is not None:
             for r in landed:
                 on_result(r)
@@ -325,10 +331,11 @@ def run_tasks(client, tasks: Iterable[RenderTask], task_fn: Callable[[RenderTask
             if not lost:
                 ac.update(submitter.refill(pending))
         if lost:
-            done = sum(r is not None for r in results)
+            done = sum(len(members(t)) for t, r in zip(tasks, results) if r is not None)
+            total = sum(len(members(t)) for t in tasks)
             raise SchedulerLostError(
-                f"lost the connection to the Dask scheduler at {address} mid-run: {done} of {len(tasks)} "
-                f"track(s) finished and are recorded in the journal, {len(tasks) - done} did not finish; "
+                f"lost the connection to the Dask scheduler at {address} mid-run: {done} of {total} "
+                f"track(s) finished and are recorded in the journal, {total - done} did not finish; "
                 "check that the scheduler is running (it may have stopped or crashed), then run the same "
                 "command again: it renders only the tracks that did not finish")
     finally:
