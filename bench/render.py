@@ -153,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto", help="render backend (default auto)")
     ap.add_argument("--workers", type=int, help="embedded cluster: worker processes (default: farm's own sizing)")
     ap.add_argument("--threads-per-worker", type=int, help="embedded cluster: threads per worker")
+    ap.add_argument("--batch-short", choices=("auto", "on", "off"), default="auto",
+                    help="farm render --batch-short (default auto: short tracks in batches on GPU workers)")
     args = ap.parse_args(argv)
     if args.tracks < 1 or args.seconds < 1:
         ap.error("--tracks and --seconds must be at least 1")
@@ -212,6 +214,8 @@ def main(argv=None) -> int:
         cmd += ["--workers", str(args.workers)]
     if args.threads_per_worker:
         cmd += ["--threads-per-worker", str(args.threads_per_worker)]
+    if args.batch_short != "auto":
+        cmd += ["--batch-short", args.batch_short]
     print(f"\n$ farm {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     rc = cli.main(cmd)

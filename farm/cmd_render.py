@@ -69,6 +69,10 @@ def add_run_options(p) -> None:
     p.add_argument("--gpu-memory-budget-mb", type=int, metavar="MIB",
                    help="device memory per GPU for its renders; a programme whose whole-file chain would not "
                         "fit is streamed (default: the job file's gpu_memory_budget_mb, else 80%% of the device's)")
+    p.add_argument("--batch-short", choices=("auto", "on", "off"), default="auto",
+                   help="master tracks up to 60 s with one chain in batches of up to 8, one pass over the device "
+                        "for all (auto: on GPU workers only, where it saves the device's fixed cost per track; "
+                        "on CPU workers a batch costs more than it saves)")
     p.add_argument("--force", action="store_true", help="render every track again, ignoring the journal")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -162,6 +166,7 @@ def render_and_summarise(job, args, out, err) -> int:
         outcome = render_job(job, force=args.force, scheduler=args.scheduler, security=security,
                              backend=args.backend, n_workers=args.workers,
                              threads_per_worker=args.threads_per_worker, progress=not args.no_progress,
+                             batch_short={"auto": None, "on": True, "off": False}[args.batch_short],
                              log=lambda line: print(f"farm render: {line}", file=err, flush=True))
     except ClusterError as e:
         print(f"farm render: {e}", file=err)

@@ -106,3 +106,24 @@ def test_render_job_batches_short_tracks_and_journals_each(catalog, tmp_path):
     assert {by_row[i].backend for i in sorted(by_row) if by_row[i].ok} == {"cpu (batch of 3)"}
     again = render_job(job, batch_short=True, **kw)
     assert again.rendered == 2 and again.skipped == 3  # the failed two are tried again, the rest are done
+
+
+@pytest.mark.parametrize("flag, want", [(None, None), ("on", True), ("off", False), ("auto", None)])
+def test_cli_batch_short_flag_reaches_render_job(catalog, monkeypatch, flag, want):
+    from farm import pipeline
+    from farm.cli import main
+
+    folder, rows, _ = catalog
+    seen = {}
+
+    def fake_render_job(job, **kw):
+        seen.update(kw)
+        return pipeline.RunOutcome(results=[], rendered=0, skipped=0, rejected=0)
+
+    monkeypatch.setattr(pipeline, "render_job", fake_render_job)
+    monkeypatch.chdir(folder)
+    with open("cat.csv", "w") as f:
+        f.write("file,title\na.wav,A\n")
+    argv = ["render", "cat.csv", "--preset", "streaming", "-o", "cli-out", "--no-progress"]
+    assert main(argv + (["--batch-short", flag] if flag else [])) == 0
+    assert seen["batch_short"] is want
