@@ -7,29 +7,29 @@ from Python, and the loudness loop reads the device a few times a pass. For a
 tracks that share a chain, a rate and a channel count together: each is laid
 at the start of a row of ``P`` samples (``P`` the longest track plus a gap of
 zeros, rounded up to whole seconds) and the rows end to end make one
-``(channels, S * P)`` signal, which every stage processes once. Between stages
-the gaps are zeroed again, so each stage sees each track followed and preceded
-by silence, as it does alone. What stays per track:
+``(channels, S * P)`` signal, which every stage processes once.
 
-* its gain: the loudness loop (:func:`kernels.chain.loudness_steps`) runs one
-  per track in lockstep, and the limiter works on the rows each scaled by their
-  track's own gain (one float32 factor per sample);
-* its measurements: integrated loudness from the track's own 400 ms blocks
-  (a row's blocks that reach past the track are left out, as a track alone has
-  none there) and its deepest gain reduction over its own samples, all rows
-  read from the device in one transfer per pass;
-* the reverb's fade at its own end, its dither, its output true peak and
-  the report's gain-reduction trace.
+What a track sees is what it sees alone:
 
-The gap (:func:`gap_samples`) covers the longest filter a stage applies (EQ,
-crossover, reverb) and 18 time constants of the slowest release: after that a
-limiter's gain reduction carried over from the track before is under
-``limiter.SNAP_DB``, where its gain is exactly unity, so a track's limiter gain
-is the one it gets alone; a compressor's carried envelope is then e^-18 of
-what it was. What differs from one track alone is rounding: FFT sizes follow
-the batch's length. The limiter's last-resort global trim (never seen in
-practice) would trim the whole batch. Outputs match the tracks mastered one by
-one to float32 rounding (``tests/test_batch.py``).
+* the gaps are zeroed again after every stage, so each stage sees each track
+  followed and preceded by silence; the gap (:func:`gap_samples`) is longer
+  than any filter a stage applies (EQ, crossover, reverb, the oversampling
+  filters) and than the K-weighting's warm-up on a device;
+* what carries state resets at each track's start, as at sample 0: the
+  compressors' gain computers, the limiter's release and its attack ramp
+  (``starts``); the limiter asks no gain in the gaps (``keep``), as nothing
+  past a track's ends does alone; the reverb fades its wet path at each
+  track's own end;
+* per track stay its gain (the loudness loop, :func:`kernels.chain.loudness_steps`,
+  runs one per track in lockstep, and the limiter scales each row by its own
+  float32 factor), its 400 ms blocks and gating, its deepest gain reduction (all
+  rows read from the device in one transfer per pass), the final
+  check-and-correct, its dither, true peak and gain-reduction trace.
+
+What differs from one track alone is rounding: FFT sizes follow the batch's
+length. Masters match the tracks mastered one by one to float32 rounding
+(``tests/test_batch.py``). On the CPU a batch costs more than it saves (its
+gaps are computed too); it is for devices.
 """
 from __future__ import annotations
 
@@ -39,12 +39,9 @@ import math
 import numpy as np
 
 from . import backend, dither, dynamics, eq, limiter, loudness, oversample, reverb
-from .chain import (LoopOutcome, MasterResult, MultibandStage, ReductionTrace, ReverbStage, UnmeasurableError, check_ceiling,
+from .chain import (CompressorStage, LoopOutcome, MasterResult, MultibandStage, ReductionTrace, ReverbStage, UnmeasurableError, check_ceiling,
                     loudness_steps, needs_loop, shared_stages, working_limiter)
 from .params import ChainParams
-
-DECAY_TIME_CONSTANTS = 18  # e^-18 ~ 1.5e-8: a carried gain reduction of up to ~60 dB falls under SNAP_DB
-
 
 def batchable(params: ChainParams) -> str:
     """Why tracks with ``params`` cannot be mastered in a batch ("" when they can)."""
@@ -56,17 +53,13 @@ def batchable(params: ChainParams) -> str:
 
 
 def gap_samples(sample_rate: int, params: ChainParams, channels: int, ir=None) -> int:
-    """Zeros after each track in a batch: the longest filter a stage applies and the
-    slowest release's decay (see the module docstring), in samples."""
-    reach = [0]
+    """Zeros after each track in a batch: more than the longest filter a stage applies
+    on either side of a sample, and the K-weighting's warm-up (module docstring)."""
+    reach = [int(math.ceil(loudness.K_WEIGHT_WARMUP_S * sample_rate))]
     if not params.eq.bypass and params.eq.bands:
         reach.append(eq.design_eq(params.eq, sample_rate).size)
-    releases = []
     if not params.multiband.bypass:
         reach.append(dynamics.crossover_bank(params.multiband.crossovers_hz, float(sample_rate)).shape[-1])
-        releases += [b.release_ms for b in params.multiband.bands]
-    if not params.compressor.bypass:
-        releases.append(params.compressor.release_ms)
     if not params.saturation.bypass:
         reach.append(2 * dynamics._reach(params.saturation))
     if not params.reverb.bypass:
@@ -74,9 +67,7 @@ def gap_samples(sample_rate: int, params: ChainParams, channels: int, ir=None) -
     if not params.limiter.bypass:
         lookahead = int(round(params.limiter.lookahead_ms * sample_rate / 1000.0))
         reach.append(2 * (lookahead + 2 * oversample.HALF_TAPS))
-        releases.append(params.limiter.release_ms)
-    decay = max(releases, default=0.0) * 1e-3 * sample_rate * DECAY_TIME_CONSTANTS
-    return int(math.ceil(max(reach) + decay))
+    return max(reach)
 
 
 @dataclasses.dataclass
@@ -128,11 +119,12 @@ def master_batch(tracks, sample_rate: int, params: ChainParams, ir=None) -> list
     clock = backend.StageClock(xp)
     pre = shared_stages(params, ir, None).prepare(rate)
     y = x
+    starts = [a for a, _ in rows.spans[1:]]
     for stage in pre.stages:
         if isinstance(stage, ReverbStage):
             stage.programmes = rows.spans
-        if isinstance(stage, MultibandStage):
-            stage.keep = mask
+        if isinstance(stage, (MultibandStage, CompressorStage)):
+            stage.starts = starts
         t0 = clock.mark()
         y = stage(y)
         y *= mask  # the gaps silent again: each stage sees every track as it is alone
@@ -254,4 +246,4 @@ def _target_loop_batch(xp, y, rate: int, params: ChainParams, rows: _Rows, mask,
     return [dataclasses.replace(r, stage_seconds=seconds) for r in results]
 
 
-__all__ = ["DECAY_TIME_CONSTANTS", "batchable", "gap_samples", "master_batch"]
+__all__ = ["batchable", "gap_samples", "master_batch"]

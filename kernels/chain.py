@@ -117,10 +117,10 @@ class MultibandStage(Stage):
     def __init__(self, params: MultibandParams):
         self.params = params
         self.bypass = params.bypass
-        self.keep = None  # 1 on the tracks, 0 in the gaps, when several lie end to end (kernels.batch)
+        self.starts = ()  # where each track begins when several lie end to end (kernels.batch)
 
     def __call__(self, x):
-        return dynamics.compress_multiband(x, self.sample_rate, self.params, keep=self.keep).audio
+        return dynamics.compress_multiband(x, self.sample_rate, self.params, starts=self.starts).audio
 
 
 class CompressorStage(Stage):
@@ -129,9 +129,10 @@ class CompressorStage(Stage):
     def __init__(self, params: CompressorParams):
         self.params = params
         self.bypass = params.bypass
+        self.starts = ()  # where each track begins when several lie end to end (kernels.batch)
 
     def __call__(self, x):
-        return dynamics.compress(x, self.sample_rate, self.params).audio
+        return dynamics.compress(x, self.sample_rate, self.params, starts=self.starts).audio
 
 
 class SaturationStage(Stage):

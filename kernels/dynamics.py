@@ -198,6 +198,10 @@ class _GainComputer:
         self.ms = None  # (C, B) mean square before the next sample (rms detection)
         self.y1 = self.y = None  # (B,) release and attack states, dB
 
+    def reset(self) -> None:
+        """Back to rest, as before a track's first sample (a batch's next track)."""
+        self.ms = self.y1 = self.y = None
+
     def __call__(self, x):
         """Gain reduction in dB (B, n), float64, for the next ``n`` samples ``x`` (C, B, n)."""
         xp = backend.array_module(x)
@@ -251,25 +255,34 @@ def _gain_chunk(xp) -> int:
     return GAIN_CHUNK_CPU if xp is np else GAIN_CHUNK_GPU
 
 
-def _apply_bands(gc: _GainComputer, bands):
-    """(audio (C, n), gain reduction (B, n) float32) for bands (C, B, n) through ``gc``."""
+def _apply_bands(gc: _GainComputer, bands, starts=()):
+    """(audio (C, n), gain reduction (B, n) float32) for bands (C, B, n) through ``gc``;
+    ``gc`` is reset (:meth:`_GainComputer.reset`) at each of ``starts`` (offsets into
+    the bands: the tracks of a batch, :mod:`kernels.batch`)."""
     xp = backend.array_module(bands)
+    cuts = sorted({int(t) for t in starts if 0 <= t < bands.shape[-1]})
+    if cuts:
+        pieces = []
+        for a, b in zip([0] + cuts, cuts + [bands.shape[-1]]):
+            if a in cuts:
+                gc.reset()
+            if b > a:
+                pieces.append(_apply_bands(gc, bands[..., a:b]))
+        return (xp.concatenate([p[0] for p in pieces], axis=-1), xp.concatenate([p[1] for p in pieces], axis=-1))
     gr = gc(bands)
     g = gc.gains(gr, bands.dtype)
     out = (bands * g).sum(axis=1) if bands.shape[1] > 1 else bands[:, 0] * g[0]
     return out, gr.astype(xp.float32)
 
 
-def compress_multiband(x, sample_rate: float, params: MultibandParams, keep=None) -> DynamicsResult:
+def compress_multiband(x, sample_rate: float, params: MultibandParams, starts=()) -> DynamicsResult:
     """Multiband compression of ``x`` (channels, samples) at ``sample_rate`` Hz.
 
     Crossover, then one gain computer per band (see the module docstring),
     channel-linked. Bypassed params return ``x`` itself and no reduction.
-    ``keep``: float32 (samples,), 1 where a programme is and 0 in the gaps
-    between the tracks of a batch (:mod:`kernels.batch`): the gain computers
-    hear silence there, not the linear-phase crossover's ringing from the
-    track edges, which a track alone never feeds them (it lies before its
-    start and after its end).
+    ``starts``: samples where a track of a batch begins (:mod:`kernels.batch`):
+    the gain computers start there at rest, as at sample 0, whatever they heard
+    before (the track before it, the crossover's ringing from this one's start).
     """
     xp, x = backend.float_audio(x, "compress_multiband")
     nb, n = len(params.bands), x.shape[-1]
@@ -280,15 +293,17 @@ def compress_multiband(x, sample_rate: float, params: MultibandParams, keep=None
     # (channels, bands, samples) array of the whole track: 1.5 GB of transients for
     # 4 min of stereo in 4 bands), the gain computer on its chunk grid.
     grs: list = []
-    ms = MultibandStream(params, sample_rate, x.shape[0], n, gr_sink=grs.append, keep=keep)
+    ms = MultibandStream(params, sample_rate, x.shape[0], n, gr_sink=grs.append, starts=starts)
     out = run(ms, split(x, _gain_chunk(xp)))
     return DynamicsResult(out, grs[0] if len(grs) == 1 else xp.concatenate(grs, axis=-1))
 
 
-def compress(x, sample_rate: float, params: CompressorParams) -> DynamicsResult:
+def compress(x, sample_rate: float, params: CompressorParams, starts=()) -> DynamicsResult:
     """Broadband compression of ``x`` (channels, samples): the multiband gain
     computer on the whole band. Bypassed params return ``x`` itself. Samples
-    that need no reduction (with no makeup) come back bit-identical."""
+    that need no reduction (with no makeup) come back bit-identical.
+    ``starts``: samples where a batch's track begins (:mod:`kernels.batch`): the
+    gain computer starts there at rest, as at sample 0."""
     xp, x = backend.float_audio(x, "compress")
     n = x.shape[-1]
     if params.bypass or n == 0 or x.shape[0] == 0:
@@ -298,7 +313,7 @@ def compress(x, sample_rate: float, params: CompressorParams) -> DynamicsResult:
     gr = xp.empty(n, dtype=xp.float32)
     step = _gain_chunk(xp)
     for s in range(0, n, step):  # a loop over chunks, not samples
-        o, r = _apply_bands(gc, x[:, None, s:s + step])
+        o, r = _apply_bands(gc, x[:, None, s:s + step], [t - s for t in starts])
         out[:, s:s + step], gr[s:s + step] = o, r[0]
     return DynamicsResult(out, gr)
 
@@ -440,19 +455,17 @@ def _empty(xp, shape, dtype):
     return xp.zeros(shape, dtype=dtype)
 
 
-def _bands_out(gc: "_GainComputer", chunks, xp, channels: int, dtype, gr_sink=None, keep=None, offset: int = 0):
+def _bands_out(gc: "_GainComputer", chunks, xp, channels: int, dtype, gr_sink=None, offset: int = 0, starts=()):
     """The audio (channels, k) of consecutive band chunks (C, B, j) through ``gc``, in
     order; each chunk's gain reduction (B, j), float32, goes to ``gr_sink`` if given.
-    ``keep`` (see :func:`compress_multiband`) multiplies the bands first, the chunks
-    starting at sample ``offset`` of it."""
+    ``starts`` (see :func:`compress_multiband`) are samples of the signal whose
+    sample ``offset`` the first chunk begins with."""
     if not chunks:
         return _empty(xp, (channels, 0), dtype)
     outs = []
     for bands in chunks:
-        if keep is not None:
-            bands = bands * keep[offset:offset + bands.shape[-1]]
-            offset += bands.shape[-1]
-        audio, gr = _apply_bands(gc, bands)
+        audio, gr = _apply_bands(gc, bands, [t - offset for t in starts])
+        offset += bands.shape[-1]
         outs.append(audio)
         if gr_sink is not None:
             gr_sink(gr)
@@ -522,10 +535,10 @@ class MultibandStream(Streamer):
     """
 
     def __init__(self, params: MultibandParams, sample_rate: float, channels: int, total: int | None = None,
-                 gr_sink=None, keep=None):
+                 gr_sink=None, starts=()):
         self.channels = channels
         self.gr_sink = gr_sink  # called with each emitted stretch's gain reduction (bands, j), float32
-        self.keep, self._emitted = keep, 0  # compress_multiband's keep, and how far the output has come
+        self.starts, self._emitted = tuple(starts), 0  # compress_multiband's starts; how far the output has come
         if params.bypass:
             self._inner = Identity(channels)
             return
@@ -563,8 +576,8 @@ class MultibandStream(Streamer):
 
     def _out(self, chunks):
         xp = self._xp or np
-        out = _bands_out(self._gc, chunks, xp, self.channels, self._dtype or xp.float32, self.gr_sink, self.keep,
-                         self._emitted)
+        out = _bands_out(self._gc, chunks, xp, self.channels, self._dtype or xp.float32, self.gr_sink,
+                         self._emitted, self.starts)
         self._emitted += out.shape[-1]
         return out
 

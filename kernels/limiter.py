@@ -623,7 +623,8 @@ def gain_curve(g_req, lookahead_samples: int, release_samples: float, starts=())
     either side), and the release scan carries its state from one chunk to
     the next (``y0``), so the result equals one whole-track computation.
     ``starts``: samples where a track begins after a gap of at least the lookahead
-    (a batch, :mod:`kernels.batch`): the attack ramp there starts as at sample 0.
+    (a batch, :mod:`kernels.batch`): the attack ramp and the release start there
+    as at sample 0.
     """
     xp = backend.array_module(g_req)
     g_req = xp.asarray(g_req, dtype=xp.float64)
@@ -674,7 +675,13 @@ def gain_chunk(xp, gw, off: int, s: int, e: int, n: int, w: int, r: float, state
         xp.minimum(g2, gw[s - off:e - off], out=g2)
         d = xp.log(g2)
         d *= -_DB_PER_NEPER
-    d = affine_max_scan(d, r, 0.0, state)
+    inside = sorted({t - s for t in starts if s <= t < e})
+    if inside:  # a batch's tracks: the release starts at rest at each, as at sample 0
+        for a, b in zip([0] + inside, inside + [e - s]):
+            if b > a:
+                d[a:b] = affine_max_scan(d[a:b], r, 0.0, xp.zeros((), dtype=xp.float64) if a in inside else state)
+    else:
+        d = affine_max_scan(d, r, 0.0, state)
     state = d[-1].copy()  # a copy: on CuPy d[-1] is a view, and d is overwritten below
     if device:  # the next four steps in one pass (GAIN_CUDA)
         backend.launch(GAIN_CUDA, "farm_gain_from_db", g2.size, from_db_args(xp.ascontiguousarray(d), g2))
