@@ -45,7 +45,6 @@ import os
 import platform
 import queue
 import resource
-import statistics
 import sys
 import tempfile
 import threading

@@ -99,8 +99,23 @@ class RenderTask:
         return path
 
 
+class _Unit:
+    """Several RenderTasks in one Dask task; the first speaks for the unit (the
+    runner's task key, the GPU resource it asks for)."""
+
+    tasks: tuple[RenderTask, ...]
+
+    @property
+    def track(self) -> TrackSpec:
+        return self.tasks[0].track
+
+    @property
+    def backend(self) -> str:
+        return self.tasks[0].backend
+
+
 @dataclass(frozen=True)
-class RenderGroup:
+class RenderGroup(_Unit):
     """One input mastered for several deliverables in one Dask task (``--preset a,b,c``):
     the input is decoded and measured once, and the shared stages run once for every
     member with the same shared settings; each member is then a RenderTask of its own
@@ -109,20 +124,12 @@ class RenderGroup:
     tasks: tuple[RenderTask, ...]
 
     @property
-    def track(self) -> TrackSpec:
-        return self.tasks[0].track
-
-    @property
-    def backend(self) -> str:
-        return self.tasks[0].backend
-
-    @property
     def preset(self) -> str:
         return ",".join(t.preset for t in self.tasks)
 
 
 @dataclass(frozen=True)
-class RenderBatch:
+class RenderBatch(_Unit):
     """Several short tracks with one chain in one Dask task on a GPU worker
     (:func:`farm.pipeline.batches`): each is decoded, measured, encoded,
     tagged and validated on its own and fails or passes alone, and those that
@@ -131,14 +138,6 @@ class RenderBatch:
     track is paid once per batch."""
 
     tasks: tuple[RenderTask, ...]
-
-    @property
-    def track(self) -> TrackSpec:
-        return self.tasks[0].track
-
-    @property
-    def backend(self) -> str:
-        return self.tasks[0].backend
 
     @property
     def preset(self) -> str:

@@ -340,6 +340,13 @@ class StageClock:
         """Count the time from ``start`` (a :meth:`mark`) to now under ``name``."""
         self._spans.append((name, start, self.mark()))
 
+    def time(self, name: str, fn, *args):
+        """``fn(*args)``, its time counted under ``name``."""
+        start = self.mark()
+        out = fn(*args)
+        self.add(name, start)
+        return out
+
     def seconds(self) -> dict[str, float]:
         if self._xp is not np and self._spans:
             self._spans[-1][2].synchronize()  # every earlier event on the stream has completed too

@@ -38,9 +38,9 @@ import math
 
 import numpy as np
 
-from . import backend, dither, dynamics, eq, limiter, loudness, oversample, reverb
-from .chain import (CompressorStage, LoopOutcome, MasterResult, MultibandStage, ReductionTrace, ReverbStage, UnmeasurableError, check_ceiling,
-                    loudness_steps, needs_loop, shared_stages, working_limiter)
+from . import backend, dynamics, eq, limiter, loudness, oversample, reverb
+from .chain import (CompressorStage, LoopOutcome, MasterResult, MultibandStage, ReverbStage, UnmeasurableError,
+                    finish_pass, loudness_steps, needs_loop, shared_stages, working_limiter)
 from .params import ChainParams
 
 def batchable(params: ChainParams) -> str:
@@ -125,15 +125,19 @@ def master_batch(tracks, sample_rate: int, params: ChainParams, ir=None) -> list
             stage.programmes = rows.spans
         if isinstance(stage, (MultibandStage, CompressorStage)):
             stage.starts = starts
-        t0 = clock.mark()
-        y = stage(y)
-        y *= mask  # the gaps silent again: each stage sees every track as it is alone
-        clock.add(stage.name, t0)
+        y = clock.time(stage.name, _with_silent_gaps, stage, y, mask)
     if not needs_loop(params):
         seconds = clock.seconds()
         return [MasterResult(xp.ascontiguousarray(y[:, a:b]), 0.0, 0.0, None, None, 0, True,
                              stage_seconds=_share(seconds, count)) for a, b in rows.spans]
     return _target_loop_batch(xp, y, rate, params, rows, mask, clock)
+
+
+def _with_silent_gaps(stage, y, mask):
+    """``stage(y)`` with the batch's gaps zeroed again: each stage sees every track as it is alone."""
+    out = stage(y)
+    out *= mask
+    return out
 
 
 def _share(seconds: dict, count: int) -> dict:
@@ -170,16 +174,12 @@ def _levels_to_host(total, count, min_gain) -> tuple[list, list]:
 
 def _target_loop_batch(xp, y, rate: int, params: ChainParams, rows: _Rows, mask, clock) -> list[MasterResult]:
     """:func:`kernels.chain._target_loop` for every track of the batch at once."""
-    lim, dp = params.limiter, params.dither
+    lim = params.limiter
     count = len(rows.lengths)
     valid = rows.valid(xp)
     period = rows.period
 
-    def timed(name, fn, *a):
-        t0 = clock.mark()
-        out = fn(*a)
-        clock.add(name, t0)
-        return out
+    timed = clock.time
 
     measuring = not params.loudness.bypass and params.loudness.target_lufs is not None
     if measuring:
@@ -230,18 +230,8 @@ def _target_loop_batch(xp, y, rate: int, params: ChainParams, rows: _Rows, mask,
         # own true peak, between its own samples, as alone (its 16x pass is the chain's largest)
         kept = limiter.LimiterResult(audio=xp.ascontiguousarray(out[:, a:b]), gain=gain_x[a:b],
                                      max_gain_reduction_db=reductions[i])
-        res = timed("limiter", limiter.check, xp.ascontiguousarray(gained[:, a:b]), kept, rate, work)
-        trace = ReductionTrace(rate)
-        if not lim.bypass:
-            trace.push(res.gain)
-        q = timed("dither", dither.quantize, res.audio, dp)
-        tp = timed("true_peak", loudness.true_peak_dbtp, q, 4)
-        check_ceiling(tp, lim, work)
-        loop = outcomes[i]
-        results.append(MasterResult(q, loop.gain_db, res.max_gain_reduction_db, loop.level_lufs, tp,
-                                    loop.passes, loop.reached, loop.reason,
-                                    ceiling_dbtp_used=None if lim.bypass else work.ceiling_dbtp,
-                                    gain_reduction_db=trace.result()))
+        results.append(finish_pass(xp.ascontiguousarray(gained[:, a:b]), kept, outcomes[i], rate, params, work,
+                                   clock))
     seconds = _share(clock.seconds(), count)
     return [dataclasses.replace(r, stage_seconds=seconds) for r in results]
 

@@ -78,9 +78,7 @@ class Chain(Stage):
         if self.clock is None:
             self.clock = backend.StageClock(backend.array_module(x))
         for s in self.stages:
-            t0 = self.clock.mark()
-            x = s(x)
-            self.clock.add(s.name, t0)
+            x = self.clock.time(s.name, s, x)
         return x
 
 
@@ -380,15 +378,10 @@ def needs_loop(params: ChainParams) -> bool:
 
 
 def _target_loop(xp, y, rate: int, params: ChainParams, clock: backend.StageClock) -> MasterResult:
-    lim, dp = params.limiter, params.dither
     if not needs_loop(params):
         return MasterResult(y, 0.0, 0.0, None, None, 0, True)
 
-    def timed(name, fn, *a):
-        t0 = clock.mark()
-        out = fn(*a)
-        clock.add(name, t0)
-        return out
+    timed = clock.time
 
     measuring = not params.loudness.bypass and params.loudness.target_lufs is not None
     start = timed("loudness", loudness.integrated_loudness, y, rate) if measuring else None
@@ -406,12 +399,21 @@ def _target_loop(xp, y, rate: int, params: ChainParams, clock: backend.StageCloc
         return level, res.max_gain_reduction_db
 
     loop = loudness_loop(start, params, trial)
-    res = timed("limiter", limiter.check, apply_gain(y, kept["gain_db"]), kept["res"], rate, work)
+    return finish_pass(apply_gain(y, kept["gain_db"]), kept["res"], loop, rate, params, work, clock)
+
+
+def finish_pass(gained, kept: "limiter.LimiterResult", loop: LoopOutcome, rate: int, params: ChainParams,
+                work: LimiterParams, clock: backend.StageClock) -> MasterResult:
+    """The loop's kept pass (``kept``, the unchecked limiter's result for ``gained``, the
+    input at the kept gain) checked and corrected to the ceiling, quantized and measured:
+    the master (also each track's of a batch, :mod:`kernels.batch`)."""
+    lim = params.limiter
+    res = clock.time("limiter", limiter.check, gained, kept, rate, work)
     trace = ReductionTrace(rate)
     if not lim.bypass:
         trace.push(res.gain)
-    out = timed("dither", dither.quantize, res.audio, dp)
-    tp = timed("true_peak", loudness.true_peak_dbtp, out, 4)
+    out = clock.time("dither", dither.quantize, res.audio, params.dither)
+    tp = clock.time("true_peak", loudness.true_peak_dbtp, out, 4)
     check_ceiling(tp, lim, work)
     return MasterResult(out, loop.gain_db, res.max_gain_reduction_db, loop.level_lufs, tp, loop.passes,
                         loop.reached, loop.reason, ceiling_dbtp_used=None if lim.bypass else work.ceiling_dbtp,
@@ -438,4 +440,4 @@ def _slope(history) -> float:
 
 __all__ = ["Chain", "Stage", "EQStage", "MatchStage", "MultibandStage", "CompressorStage", "SaturationStage",
            "ReverbStage", "match_fir", "MasterResult", "LoopOutcome", "UnmeasurableError",
-           "ReductionTrace", "TRACE_HOP_S", "apply_gain", "check_ceiling", "loudness_loop", "loudness_steps", "master", "needs_loop", "shared_key", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]
+           "ReductionTrace", "TRACE_HOP_S", "apply_gain", "check_ceiling", "finish_pass", "loudness_loop", "loudness_steps", "master", "needs_loop", "shared_key", "shared_stages", "working_limiter", "ChainParams", "DitherParams", "LimiterParams"]

@@ -71,7 +71,6 @@ and comes back bit-identical.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any

@@ -17,7 +17,7 @@ import pytest
 from farm.presets import load_preset
 from kernels import batch, loudness
 from kernels.chain import UnmeasurableError, master
-from kernels.params import ChainParams, LimiterParams, ReverbParams
+from kernels.params import ChainParams, ReverbParams
 from signals import music
 
 RATE = 48000

@@ -15,12 +15,17 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_kernels", os.path.join(REPO, "bench", "kernels.py"))
+def _bench_script(name: str):
+    """bench/NAME.py as a module (the folder is no package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(REPO, "bench", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _bench_script("kernels")
 
 
 def test_bytes_model_counts_every_stage(bench):
@@ -68,9 +73,7 @@ def test_gpu_run_script_parses():
 
 
 def test_host_bench_prints_both_workers_bounds(capsys):
-    spec = importlib.util.spec_from_file_location("bench_host", os.path.join(REPO, "bench", "host.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_script("host")
     assert mod.main(["--seconds", "3", "--repeat", "1", "--format", "wav"]) == 0
     out = capsys.readouterr().out
     lines = {w: next(line for line in out.splitlines() if line.strip().startswith(f"{w} worker:")) for w in ("CPU", "GPU")}
@@ -91,10 +94,7 @@ def test_backend_comparison_runs_every_stage(bench, capsys):
 
 @pytest.fixture(scope="module")
 def short_bench():
-    spec = importlib.util.spec_from_file_location("bench_short", os.path.join(REPO, "bench", "short.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _bench_script("short")
 
 
 def test_short_fit_recovers_a_line(short_bench):
