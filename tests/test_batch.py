@@ -163,3 +163,17 @@ def test_batch_through_the_device_dispatch(request):
     together = batch.master_batch(xs, RATE, chain)
     assert {"farm_curved_pair", "farm_gain_to_db", "farm_k_power"} <= set(launched)
     _same(alone, together, atol=5e-6)
+
+
+@pytest.mark.gpu
+def test_batch_on_the_device_equals_each_track_alone_there(launches):
+    """On a GPU: the batch and each track alone, both on CuPy (the RawKernels ran)."""
+    import cupy
+
+    chain = _chain("master", -8.0, bit_depth=None)
+    xs = [cupy.asarray(x) for x in _tracks()]
+    alone = [master(x, RATE, chain) for x in xs]
+    together = batch.master_batch(xs, RATE, chain)
+    assert {"farm_curved_pair", "farm_gain_to_db", "farm_k_power"} <= set(launches)
+    host = [dataclasses.replace(r, audio=cupy.asnumpy(r.audio)) for r in alone]
+    _same(host, [dataclasses.replace(r, audio=cupy.asnumpy(r.audio)) for r in together], atol=5e-6)
