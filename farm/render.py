@@ -290,9 +290,11 @@ def render_batch(batch: RenderBatch) -> list[TrackResult]:
         together = _master_together(name, rate, chain, members) if len(members) > 1 else None
         for k, (i, p, timings, t_start) in enumerate(members):
             def finish(p=p, timings=timings, t_start=t_start, done=together and together[k]):
+                run_chain = None if p.reference is None else (
+                    lambda *a, **kw: _run_chain(*a, **kw, reference=p.reference))
                 with backend.track_stream(name):
                     res, mastered, label = done or master_with_fallback(p.x, p.rate, p.chain, p.ir, name,
-                                                                        timings=timings)
+                                                                        run_chain=run_chain, timings=timings)
                     return _finish(p, name, res, mastered, label, timings, t_start)
 
             results[i] = _guard(p.task, timings, finish)
@@ -301,8 +303,9 @@ def render_batch(batch: RenderBatch) -> list[TrackResult]:
 
 def _master_together(name: str, rate: int, chain, members) -> list | None:
     """``[(MasterResult, host samples, label)]`` of the members mastered in one batch, or
-    None to master them one by one (the device short of memory, or the batch failed:
-    logged, since that is a bug to look into). Each member's timings get its share."""
+    None to master them one by one: the device short of memory, a member with no loudness
+    left after the shared stages (alone it fails alone), or any other failure (logged:
+    a bug to look into). Each member's timings get its share."""
     from kernels.batch import batchable, master_batch
 
     if batchable(chain):
@@ -315,12 +318,14 @@ def _master_together(name: str, rate: int, chain, members) -> list | None:
             t1 = time.perf_counter()
             out = master_batch(xs, rate, chain, members[0][1].ir)
             host = [backend.to_host(r.audio) for r in out]
+        except UnmeasurableError:  # a track with no loudness after the shared stages: alone, it fails alone
+            failed = (False, None)
         except Exception as e:  # MemoryError is an Exception; the traceback is not kept (it holds device arrays)
             failed = (name != "cpu" and _is_gpu_oom(e), f"{type(e).__name__}: {e}")
     if failed is not None:
         if failed[0]:
             _free_gpu_memory()  # outside the except block, as in master_with_fallback
-        else:
+        elif failed[1] is not None:
             logging.getLogger(__name__).warning("batch of %d tracks (%s, ...) failed, mastering them one by one: %s",
                                                 len(members), members[0][1].task.track.source, failed[1])
         return None

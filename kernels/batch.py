@@ -19,7 +19,8 @@ What a track sees is what it sees alone:
   compressors' gain computers, the limiter's release and its attack ramp
   (``starts``); the limiter asks no gain in the gaps (``keep``), as nothing
   past a track's ends does alone; the reverb fades its wet path at each
-  track's own end;
+  track's own end; saturation runs track by track (its oversampled signal is
+  cut at a track's ends, which a gap of zeros would not do);
 * per track stay its gain (the loudness loop, :func:`kernels.chain.loudness_steps`,
   runs one per track in lockstep, and the limiter scales each row by its own
   float32 factor), its 400 ms blocks and gating, its deepest gain reduction (all
@@ -39,7 +40,8 @@ import math
 import numpy as np
 
 from . import backend, dynamics, eq, limiter, loudness, oversample, reverb
-from .chain import (CompressorStage, LoopOutcome, MasterResult, MultibandStage, ReverbStage, UnmeasurableError,
+from .chain import (CompressorStage, LoopOutcome, MasterResult, MultibandStage, ReverbStage, SaturationStage,
+                    UnmeasurableError,
                     finish_pass, loudness_steps, needs_loop, shared_stages, working_limiter)
 from .params import ChainParams
 
@@ -121,7 +123,7 @@ def master_batch(tracks, sample_rate: int, params: ChainParams, ir=None) -> list
     y = x
     starts = [a for a, _ in rows.spans[1:]]
     for stage in pre.stages:
-        if isinstance(stage, ReverbStage):
+        if isinstance(stage, (ReverbStage, SaturationStage)):
             stage.programmes = rows.spans
         if isinstance(stage, (MultibandStage, CompressorStage)):
             stage.starts = starts

@@ -139,9 +139,17 @@ class SaturationStage(Stage):
     def __init__(self, params: SaturationParams):
         self.params = params
         self.bypass = params.bypass
+        self.programmes = None  # (start, stop) of each track when several lie end to end (kernels.batch)
 
     def __call__(self, x):
-        return dynamics.saturate(x, self.sample_rate, self.params)
+        if self.programmes is None:
+            return dynamics.saturate(x, self.sample_rate, self.params)
+        # track by track: the oversampled signal is cut at a track's ends (nothing of the
+        # upsampling filter's ringing past them is clipped and read back), as when it is alone
+        out = x.copy()
+        for a, b in self.programmes:
+            out[:, a:b] = dynamics.saturate(x[:, a:b], self.sample_rate, self.params)
+        return out
 
 
 class ReverbStage(Stage):

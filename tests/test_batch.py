@@ -94,6 +94,17 @@ def test_batch_keeps_each_tracks_own_outcome():
     _same(alone, batch.master_batch(xs, RATE, chain), atol=5e-6)
 
 
+def test_batch_with_saturation():
+    """The soft clipper's oversampled signal is cut at a track's ends: in a batch it runs
+    track by track (across a gap its upsampling filter's ringing was clipped and read back
+    into each track's first and last ~160 samples, up to 0.01 off)."""
+    from kernels.params import SaturationParams
+
+    chain = _chain("streaming", -10.0, bit_depth=None, saturation=SaturationParams(drive_db=6.0, bypass=False))
+    xs = _tracks(spec=TRACKS[:3])
+    _same([master(x, RATE, chain) for x in xs], batch.master_batch(xs, RATE, chain), atol=5e-6)
+
+
 @pytest.mark.parametrize("channels", [1, 6])
 def test_batch_mono_and_5_1(channels):
     chain = _chain("streaming", -10.0, bit_depth=None, reverb=ReverbParams(ir="plate", wet_db=-20.0))

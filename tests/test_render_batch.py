@@ -127,3 +127,16 @@ def test_cli_batch_short_flag_reaches_render_job(catalog, monkeypatch, flag, wan
     argv = ["render", "cat.csv", "--preset", "streaming", "-o", "cli-out", "--no-progress"]
     assert main(argv + (["--batch-short", flag] if flag else [])) == 0
     assert seen["batch_short"] is want
+
+
+def test_a_member_with_a_reference_is_matched_as_alone(tmp_path):
+    """A member whose row names a reference master is no batch material: it is mastered
+    alone inside the batch's task, with its reference (as render_track does)."""
+    for i, n in enumerate(["a.wav", "b.wav", "ref.wav"]):
+        _write(tmp_path, n, 2.0, seed=20 + i)
+    rows = [{"file": "a.wav"}, {"file": "b.wav", "reference": "ref.wav"}]
+    alone = [render_track(t) for t in tasks_for(tmp_path, rows, "streaming", out="alone")]
+    together = render_track(RenderBatch(tuple(tasks_for(tmp_path, rows, "streaming", out="together"))))
+    assert [r.status for r in alone] == [r.status for r in together] == [STATUS_OK, STATUS_OK], \
+        [r.reason for r in together]
+    assert together[1].gain_db == pytest.approx(alone[1].gain_db, abs=1e-3)
