@@ -295,7 +295,7 @@ class _Correction:
         self.gain.needs.append(self.det.first_needed)
 
     def advance(self) -> None:
-        xp, n = self.check.xp, self.check.n
+        n = self.check.n
         a = self.prev_env.end
         seen = self.step.greq.end
         self.step.advance(self.prev_env)
