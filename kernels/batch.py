@@ -41,9 +41,9 @@ import numpy as np
 
 from . import backend, dynamics, eq, limiter, loudness, oversample, reverb
 from .chain import (CompressorStage, LoopOutcome, MasterResult, MultibandStage, ReverbStage, SaturationStage,
-                    UnmeasurableError,
-                    finish_pass, loudness_steps, needs_loop, shared_stages, working_limiter)
+                    UnmeasurableError, finish_pass, loudness_steps, needs_loop, shared_stages, working_limiter)
 from .params import ChainParams
+
 
 def batchable(params: ChainParams) -> str:
     """Why tracks with ``params`` cannot be mastered in a batch ("" when they can)."""
@@ -83,6 +83,11 @@ class _Rows:
     def spans(self) -> list[tuple[int, int]]:
         return [(s * self.period, s * self.period + n) for s, n in enumerate(self.lengths)]
 
+    @property
+    def starts(self) -> list[int]:
+        """Where every track but the first begins (the first's is the signal's start)."""
+        return [s * self.period for s in range(1, len(self.lengths))]
+
     def valid(self, xp):
         """(S, P) bools: the samples that belong to a track."""
         n = xp.asarray(np.asarray(self.lengths, dtype=np.int64))
@@ -121,12 +126,11 @@ def master_batch(tracks, sample_rate: int, params: ChainParams, ir=None) -> list
     clock = backend.StageClock(xp)
     pre = shared_stages(params, ir, None).prepare(rate)
     y = x
-    starts = [a for a, _ in rows.spans[1:]]
     for stage in pre.stages:
         if isinstance(stage, (ReverbStage, SaturationStage)):
             stage.programmes = rows.spans
         if isinstance(stage, (MultibandStage, CompressorStage)):
-            stage.starts = starts
+            stage.starts = rows.starts
         y = clock.time(stage.name, _with_silent_gaps, stage, y, mask)
     if not needs_loop(params):
         seconds = clock.seconds()
@@ -150,9 +154,7 @@ def _row_levels(xp, audio, rate: int, rows: _Rows):
     """Per track: (sum of its gated block energies, their count), device arrays (S,)
     (BS.1770-4 Annex 1, each track's own blocks: loudness.gated_loudness per row)."""
     p = loudness.weighted_power(audio, rate).reshape(len(rows.lengths), rows.period)
-    c = xp.concatenate([xp.zeros((p.shape[0], 1), dtype=xp.float64), xp.cumsum(p, axis=1, dtype=xp.float64)], axis=1)
-    starts, ends = loudness.window_bounds(rows.period, rate, loudness.BLOCK_S, loudness.HOP_S, xp)
-    z = xp.maximum((c[:, ends] - c[:, starts]) / (ends - starts).astype(xp.float64), 0.0)
+    z = loudness._window_energies(loudness._cumsum0(p), rate, loudness.BLOCK_S, loudness.HOP_S)
     blocks = np.array([loudness.window_bounds(n, rate, loudness.BLOCK_S, loudness.HOP_S)[0].shape[0]
                        for n in rows.lengths], dtype=np.int64)
     own = xp.arange(z.shape[1], dtype=xp.int64)[None, :] < xp.asarray(blocks)[:, None]
@@ -180,7 +182,6 @@ def _target_loop_batch(xp, y, rate: int, params: ChainParams, rows: _Rows, mask,
     count = len(rows.lengths)
     valid = rows.valid(xp)
     period = rows.period
-
     timed = clock.time
 
     measuring = not params.loudness.bypass and params.loudness.target_lufs is not None
@@ -210,7 +211,7 @@ def _target_loop_batch(xp, y, rate: int, params: ChainParams, rows: _Rows, mask,
             gain_x = xp.ones(y.shape[-1], dtype=y.dtype)
         else:
             gain_x = timed("limiter", limiter.unchecked_gain, detection, scale, rate, work, mask,
-                           [a for a, _ in rows.spans[1:]]).astype(y.dtype)
+                           rows.starts).astype(y.dtype)
         out = gained * gain_x
         if measuring:
             total, n = timed("loudness", _row_levels, xp, out, rate, rows)

@@ -73,7 +73,7 @@ from . import backend
 from .convolve import ConvolveStream, convolve_mimo, fftconvolve
 from .params import CompressorBand, CompressorParams, MultibandParams, SaturationParams
 from .scan import affine_max_scan, one_pole
-from .stream import Identity, Streamer, run, split
+from .stream import Identity, Streamer, pieces, run, split
 
 CROSSOVER_STOPBAND_DB = 80.0  # Kaiser design attenuation of each crossover low-pass
 CROSSOVER_TRANSITION = 1.0  # transition width as a fraction of the crossover frequency (f/2 .. 3f/2)
@@ -260,15 +260,14 @@ def _apply_bands(gc: _GainComputer, bands, starts=()):
     ``gc`` is reset (:meth:`_GainComputer.reset`) at each of ``starts`` (offsets into
     the bands: the tracks of a batch, :mod:`kernels.batch`)."""
     xp = backend.array_module(bands)
-    cuts = sorted({int(t) for t in starts if 0 <= t < bands.shape[-1]})
-    if cuts:
-        pieces = []
-        for a, b in zip([0] + cuts, cuts + [bands.shape[-1]]):
-            if a in cuts:
+    cut = pieces(bands.shape[-1], starts)
+    if any(fresh for _, _, fresh in cut):  # a batch's tracks: the gain computer starts at rest at each
+        outs = []
+        for a, b, fresh in cut:
+            if fresh:
                 gc.reset()
-            if b > a:
-                pieces.append(_apply_bands(gc, bands[..., a:b]))
-        return (xp.concatenate([p[0] for p in pieces], axis=-1), xp.concatenate([p[1] for p in pieces], axis=-1))
+            outs.append(_apply_bands(gc, bands[..., a:b]))
+        return xp.concatenate([o[0] for o in outs], axis=-1), xp.concatenate([o[1] for o in outs], axis=-1)
     gr = gc(bands)
     g = gc.gains(gr, bands.dtype)
     out = (bands * g).sum(axis=1) if bands.shape[1] > 1 else bands[:, 0] * g[0]

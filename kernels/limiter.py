@@ -82,6 +82,7 @@ from .convolve import fftconvolve
 from .oversample import HALF_TAPS, phase_bank, phase_peaks
 from .params import LimiterParams
 from .scan import affine_max_scan
+from .stream import pieces
 
 CHECK_FACTOR = 16  # the final check also looks at 16x
 MARGIN = 1e-5  # gains aim at ceiling * (1 - MARGIN): ~ -0.0001 dB
@@ -674,11 +675,10 @@ def gain_chunk(xp, gw, off: int, s: int, e: int, n: int, w: int, r: float, state
         xp.minimum(g2, gw[s - off:e - off], out=g2)
         d = xp.log(g2)
         d *= -_DB_PER_NEPER
-    inside = sorted({t - s for t in starts if s <= t < e})
-    if inside:  # a batch's tracks: the release starts at rest at each, as at sample 0
-        for a, b in zip([0] + inside, inside + [e - s]):
-            if b > a:
-                d[a:b] = affine_max_scan(d[a:b], r, 0.0, xp.zeros((), dtype=xp.float64) if a in inside else state)
+    cut = pieces(e - s, [t - s for t in starts])
+    if any(fresh for _, _, fresh in cut):  # a batch's tracks: the release starts at rest at each, as at sample 0
+        for a, b, fresh in cut:
+            d[a:b] = affine_max_scan(d[a:b], r, 0.0, xp.zeros((), dtype=xp.float64) if fresh else state)
     else:
         d = affine_max_scan(d, r, 0.0, state)
     state = d[-1].copy()  # a copy: on CuPy d[-1] is a view, and d is overwritten below

@@ -343,9 +343,11 @@ def _weights(channels: int, given) -> tuple[float, ...]:
 
 
 def _cumsum0(p):
-    """Cumulative sum with a leading 0: the energy of samples [a, b) is c[b] - c[a]."""
+    """Cumulative sum along the last axis with a leading 0: the energy of samples
+    [a, b) is c[..., b] - c[..., a] (one programme, or a batch's rows)."""
     xp = backend.array_module(p)
-    return xp.concatenate([xp.zeros(1, dtype=xp.float64), xp.cumsum(p, dtype=xp.float64)])
+    return xp.concatenate([xp.zeros(p.shape[:-1] + (1,), dtype=xp.float64), xp.cumsum(p, axis=-1, dtype=xp.float64)],
+                          axis=-1)
 
 
 def _fraction(seconds: float, what: str) -> Fraction:
@@ -386,18 +388,19 @@ def _bounds(k, hr: Fraction, wr: Fraction):
 
 
 def _window_energies(c, sample_rate: int, window_s: float, hop_s: float):
-    """Mean of the power series over every complete window (float64, (windows,))."""
+    """Mean of the power series over every complete window (float64, (..., windows))."""
     xp = backend.array_module(c)
     starts, ends = window_bounds(c.shape[-1] - 1, sample_rate, window_s, hop_s, xp)
     if starts.shape[0] == 0:
-        return xp.zeros(0, dtype=xp.float64)
+        return xp.zeros(c.shape[:-1] + (0,), dtype=xp.float64)
     return _mean_squares(c, starts, ends)
 
 
 def _mean_squares(c, starts, ends):
-    """Mean power over [starts, ends) from the cumulative sums ``c`` (indexed like them)."""
+    """Mean power over [starts, ends) from the cumulative sums ``c`` (indexed like them,
+    along the last axis)."""
     xp = backend.array_module(c)
-    z = (c[ends] - c[starts]) / (ends - starts).astype(xp.float64)
+    z = (c[..., ends] - c[..., starts]) / (ends - starts).astype(xp.float64)
     return xp.maximum(z, 0.0)  # cumulative-sum rounding must not make a silent window negative
 
 

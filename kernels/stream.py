@@ -111,6 +111,15 @@ def split(x, sizes: Iterable[int] | int):
     return out
 
 
+def pieces(n: int, starts) -> list[tuple[int, int, bool]]:
+    """``[0, n)`` cut at ``starts`` (offsets; those outside ``[0, n)`` are ignored):
+    ``(a, b, fresh)`` per non-empty piece, ``fresh`` where it begins at one of
+    ``starts``. A batch's tracks begin there (:mod:`kernels.batch`), and what carries
+    state (a compressor, the limiter's release) starts such a piece at rest."""
+    cuts = sorted({int(t) for t in starts if 0 <= t < n})
+    return [(a, b, a in cuts) for a, b in zip([0] + cuts, cuts + [n]) if b > a]
+
+
 def run(streamer: Streamer, blocks):
     """Feed ``blocks`` through ``streamer`` and concatenate its output."""
     parts = [streamer.push(b) for b in blocks]
@@ -119,4 +128,4 @@ def run(streamer: Streamer, blocks):
     return xp.concatenate(parts, axis=-1)
 
 
-__all__ = ["BLOCK_QUANTUM", "Identity", "Pipeline", "Streamer", "run", "split"]
+__all__ = ["BLOCK_QUANTUM", "Identity", "Pipeline", "Streamer", "pieces", "run", "split"]
