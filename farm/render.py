@@ -290,11 +290,8 @@ def render_batch(batch: RenderBatch) -> list[TrackResult]:
         together = _master_together(name, rate, chain, members) if len(members) > 1 else None
         for k, (i, p, timings, t_start) in enumerate(members):
             def finish(p=p, timings=timings, t_start=t_start, done=together and together[k]):
-                run_chain = None if p.reference is None else (
-                    lambda *a, **kw: _run_chain(*a, **kw, reference=p.reference))
                 with backend.track_stream(name):
-                    res, mastered, label = done or master_with_fallback(p.x, p.rate, p.chain, p.ir, name,
-                                                                        run_chain=run_chain, timings=timings)
+                    res, mastered, label = done or _master_alone(p, name, timings)
                     return _finish(p, name, res, mastered, label, timings, t_start)
 
             results[i] = _guard(p.task, timings, finish)
@@ -311,7 +308,7 @@ def _master_together(name: str, rate: int, chain, members) -> list | None:
     if batchable(chain):
         return None
     t0 = time.perf_counter()
-    failed = None
+    out = None
     with backend.track_stream(name):
         try:
             xs = [backend.to_device(p.x, name) for _, p, _, _ in members]
@@ -319,15 +316,16 @@ def _master_together(name: str, rate: int, chain, members) -> list | None:
             out = master_batch(xs, rate, chain, members[0][1].ir)
             host = [backend.to_host(r.audio) for r in out]
         except UnmeasurableError:  # a track with no loudness after the shared stages: alone, it fails alone
-            failed = (False, None)
-        except Exception as e:  # MemoryError is an Exception; the traceback is not kept (it holds device arrays)
-            failed = (name != "cpu" and _is_gpu_oom(e), f"{type(e).__name__}: {e}")
-    if failed is not None:
-        if failed[0]:
-            _free_gpu_memory()  # outside the except block, as in master_with_fallback
-        elif failed[1] is not None:
-            logging.getLogger(__name__).warning("batch of %d tracks (%s, ...) failed, mastering them one by one: %s",
-                                                len(members), members[0][1].task.track.source, failed[1])
+            return None
+        except Exception as e:  # MemoryError is an Exception
+            if name == "cpu" or not _is_gpu_oom(e):
+                logging.getLogger(__name__).warning("batch of %d tracks (%s, ...) failed, mastering them one by one: "
+                                                    "%s: %s", len(members), members[0][1].task.track.source,
+                                                    type(e).__name__, e)
+                return None
+            out = None
+    if out is None:  # out of device memory: freed outside the except block (its traceback held the arrays)
+        _free_gpu_memory()
         return None
     t2 = time.perf_counter()
     label = f"{name} (batch of {len(members)})"
@@ -368,13 +366,17 @@ def _render_whole(task: RenderTask, name: str, timings: dict, t_start: float, so
                   shared: dict | None) -> TrackResult:
     """:func:`_render` for a programme held whole, on backend ``name``."""
     p = _prepare(task, name, timings, source)
+    res, mastered, label = _master_alone(p, name, timings, shared)
+    return _finish(p, name, res, mastered, label, timings, t_start)
+
+
+def _master_alone(p: "_Prepared", name: str, timings: dict, shared: dict | None = None):
+    """:func:`master_with_fallback` of a prepared track, with its reference profile and a
+    group's ``shared`` stages. One long track can need more device memory than the GPU
+    has: it is mastered on the CPU instead of failing."""
     run_chain = None if p.reference is None and shared is None else (
         lambda *a, **k: _run_chain(*a, **k, reference=p.reference, shared=shared))
-    # One long track can need more device memory than the GPU has: it is mastered on
-    # the CPU instead of failing (see master_with_fallback).
-    res, mastered, label = master_with_fallback(p.x, p.rate, p.chain, p.ir, name, run_chain=run_chain,
-                                                timings=timings)
-    return _finish(p, name, res, mastered, label, timings, t_start)
+    return master_with_fallback(p.x, p.rate, p.chain, p.ir, name, run_chain=run_chain, timings=timings)
 
 
 @dataclasses.dataclass
