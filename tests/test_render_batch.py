@@ -18,7 +18,7 @@ from farm.job import job_from_flags
 from farm.pipeline import BATCH_TRACKS, batches, render_job
 from farm.records import STATUS_FAILED, STATUS_OK, RenderBatch
 from farm.render import render_track
-from test_render import tasks_for, write_audio
+from test_render import tasks_for, write_audio, write_catalog
 
 RATE = 48000
 
@@ -90,13 +90,7 @@ def test_render_job_batches_short_tracks_and_journals_each(catalog, tmp_path):
     """Through the embedded cluster with batching asked for (a GPU cluster's default):
     every record lands under its own row and input, and a rerun skips them all."""
     folder, rows, _ = catalog
-    cat = tmp_path / "catalog.csv"
-    import csv
-
-    with open(cat, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["file", "title"])
-        w.writeheader()
-        w.writerows([{"file": os.path.join(str(folder), r["file"]), "title": r["title"]} for r in rows])
+    cat = write_catalog(tmp_path, [{**r, "file": os.path.join(str(folder), r["file"])} for r in rows])
     job = job_from_flags(cat, "streaming", tmp_path / "out", backend="cpu")
     kw = dict(n_workers=1, threads_per_worker=2, dashboard=False, progress=False)
     first = render_job(job, batch_short=True, **kw)
@@ -109,7 +103,7 @@ def test_render_job_batches_short_tracks_and_journals_each(catalog, tmp_path):
 
 
 @pytest.mark.parametrize("flag, want", [(None, None), ("on", True), ("off", False), ("auto", None)])
-def test_cli_batch_short_flag_reaches_render_job(catalog, monkeypatch, flag, want):
+def test_cli_batch_short_flag_reaches_render_job(catalog, tmp_path, monkeypatch, flag, want):
     from farm import pipeline
     from farm.cli import main
 
@@ -121,10 +115,8 @@ def test_cli_batch_short_flag_reaches_render_job(catalog, monkeypatch, flag, wan
         return pipeline.RunOutcome(results=[], rendered=0, skipped=0, rejected=0)
 
     monkeypatch.setattr(pipeline, "render_job", fake_render_job)
-    monkeypatch.chdir(folder)
-    with open("cat.csv", "w") as f:
-        f.write("file,title\na.wav,A\n")
-    argv = ["render", "cat.csv", "--preset", "streaming", "-o", "cli-out", "--no-progress"]
+    cat = write_catalog(tmp_path, [{"file": os.path.join(str(folder), "a.wav"), "title": "A"}])
+    argv = ["render", cat, "--preset", "streaming", "-o", str(tmp_path / "cli-out"), "--no-progress"]
     assert main(argv + (["--batch-short", flag] if flag else [])) == 0
     assert seen["batch_short"] is want
 
